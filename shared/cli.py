@@ -1,0 +1,114 @@
+"""Command-line options common to both servers, each also settable from an environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from . import __version__
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class EnvArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options take their default from `<PREFIX><OPTION>` in the environment.
+
+    `--idle-unload` of the ASR server reads `QWEN_ASR_IDLE_UNLOAD`, for instance. Docker users set
+    options this way; the command line still wins.
+    """
+
+    def __init__(self, *args: Any, env_prefix: str, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.env_prefix = env_prefix
+        self._append_defaults: dict[str, list] = {}
+
+    def env_name(self, flag: str) -> str:
+        return self.env_prefix + flag.lstrip("-").replace("-", "_").upper()
+
+    def add_argument(self, *flags: str, **kwargs: Any):  # type: ignore[override]
+        long_flags = [f for f in flags if f.startswith("--")]
+        if long_flags and kwargs.get("action") not in ("version", "help"):
+            name = self.env_name(long_flags[0])
+            raw = os.environ.get(name)
+            if raw is not None and raw != "":
+                value = _from_env(raw, kwargs)
+                if kwargs.get("action") == "append":
+                    # argparse appends to a list default; apply it only when the flag is absent
+                    dest = kwargs.get("dest") or long_flags[0].lstrip("-").replace("-", "_")
+                    self._append_defaults[dest] = value
+                else:
+                    kwargs["default"] = value
+            help_text = kwargs.get("help", "")
+            kwargs["help"] = f"{help_text} [env {name}]".strip()
+        return super().add_argument(*flags, **kwargs)
+
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        for dest, value in self._append_defaults.items():
+            if getattr(namespace, dest, None) is None:
+                setattr(namespace, dest, list(value))
+        return namespace, extras
+
+
+def _from_env(raw: str, kwargs: dict[str, Any]) -> Any:
+    action = kwargs.get("action")
+    if action == "store_true":
+        return raw.strip().lower() in _TRUE
+    if action == "store_false":
+        return raw.strip().lower() not in _TRUE
+    if action == "append":
+        # several values: separated by commas or the OS path separator
+        parts = [p.strip() for p in raw.replace(os.pathsep, ",").split(",")]
+        convert = kwargs.get("type", str)
+        return [convert(p) for p in parts if p]
+    if kwargs.get("nargs") == "?" and raw.strip().lower() in _TRUE:
+        return kwargs.get("const")
+    convert = kwargs.get("type")
+    return convert(raw) if convert else raw
+
+
+def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
+    """Options every server has, named as in wyoming-piper and wyoming-faster-whisper."""
+    parser.add_argument("--uri", default=f"tcp://0.0.0.0:{default_port}", help="unix:// or tcp://")
+    parser.add_argument(
+        "--data-dir",
+        action="append",
+        default=None,
+        help="Directory with downloaded models; the first one also receives downloads (repeatable)",
+    )
+    parser.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="Never download: use only models already in --data-dir or the Hugging Face cache",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
+    parser.add_argument(
+        "--idle-unload",
+        type=float,
+        default=300.0,
+        help="Seconds without a request before the model is unloaded (0: after every request, -1: never)",
+    )
+    parser.add_argument("--preload", action="store_true", help="Load the model at start-up")
+    parser.add_argument("--debug", action="store_true", help="Log DEBUG messages")
+    parser.add_argument(
+        "--log-format", default=logging.BASIC_FORMAT, help="Format of log messages (Python logging)"
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
+    if not args.debug:
+        # transformers and the hub are chatty at INFO; their warnings still show
+        for name in ("httpx", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)

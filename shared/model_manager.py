@@ -1,0 +1,171 @@
+"""Lazy loading and idle unloading of models, all on the one inference thread.
+
+A server registers each model it may need under a key with a loader. The first request that uses a key
+loads it; a key nobody has used for its idle time is unloaded and its memory given back. The manager
+knows nothing of ASR or TTS: what a model is and how it is served stays with each server's engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, Optional, TypeVar
+
+from .devices import free_accelerator_memory
+from .inference import InferenceThread, Priority
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class _Slot:
+    key: str
+    loader: Callable[[], Any]
+    idle_unload: float
+    model: Any = None
+    users: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    loads: int = 0
+    unloads: int = 0
+    timer: Optional[asyncio.TimerHandle] = None
+
+
+class ModelManager:
+    """Loads models on first use and unloads them after `idle_unload` seconds without a user.
+
+    idle_unload: -1 never unloads, 0 unloads as soon as the last user is done.
+    max_loaded: at most this many models at once (0: no limit); the least recently used idle one goes.
+    """
+
+    def __init__(self, inference: Optional[InferenceThread] = None, max_loaded: int = 0) -> None:
+        self.inference = inference or InferenceThread()
+        self.max_loaded = max_loaded
+        self._slots: Dict[str, _Slot] = {}
+
+    def register(self, key: str, loader: Callable[[], Any], idle_unload: float) -> None:
+        self._slots[key] = _Slot(key, loader, idle_unload)
+
+    def is_loaded(self, key: str) -> bool:
+        return self._slots[key].model is not None
+
+    def loaded(self, key: str) -> Any:
+        """The loaded model of `key`, or None (for inspection; run model code through `run`)."""
+        return self._slots[key].model
+
+    def users(self, key: str) -> int:
+        return self._slots[key].users
+
+    def load_count(self, key: str) -> int:
+        return self._slots[key].loads
+
+    def unload_count(self, key: str) -> int:
+        return self._slots[key].unloads
+
+    @contextlib.asynccontextmanager
+    async def use(self, key: str) -> AsyncIterator["ModelHandle"]:
+        """Hold `key` for one request: it is not unloaded while held."""
+        slot = self._slots[key]
+        slot.users += 1
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        try:
+            yield ModelHandle(self, key)
+        finally:
+            slot.users -= 1
+            slot.last_used = time.monotonic()
+            if slot.users == 0:
+                self._schedule_idle_unload(slot)
+
+    async def run(
+        self, key: str, fn: Callable[[Any], T], priority: Priority = Priority.REALTIME
+    ) -> T:
+        """Run `fn(model)` on the inference thread, loading the model first if needed."""
+        slot = self._slots[key]
+
+        def job() -> T:
+            if slot.model is None:
+                self._load(slot)
+            slot.last_used = time.monotonic()
+            return fn(slot.model)
+
+        return await self.inference.run(job, priority)
+
+    async def preload(self, key: str) -> None:
+        await self.run(key, lambda _model: None)
+        self._schedule_idle_unload(self._slots[key])
+
+    async def unload(self, key: str, reason: str) -> None:
+        slot = self._slots[key]
+        await self.inference.run(lambda: self._unload(slot, reason), Priority.BULK)
+
+    async def close(self) -> None:
+        for slot in self._slots.values():
+            if slot.timer is not None:
+                slot.timer.cancel()
+            if slot.model is not None:
+                await self.unload(slot.key, "shutting down")
+        self.inference.close()
+
+    # -- on the inference thread -------------------------------------------------------------
+
+    def _load(self, slot: _Slot) -> None:
+        if self.max_loaded > 0:
+            loaded = [s for s in self._slots.values() if s.model is not None and s is not slot]
+            while len(loaded) >= self.max_loaded:
+                idle = [s for s in loaded if s.users == 0] or loaded
+                victim = min(idle, key=lambda s: s.last_used)
+                self._unload(victim, f"--max-loaded-models {self.max_loaded} reached, {slot.key} needed")
+                loaded.remove(victim)
+        started = time.monotonic()
+        _LOGGER.info("Loading model %s", slot.key)
+        slot.model = slot.loader()
+        slot.loads += 1
+        _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - started)
+
+    def _unload(self, slot: _Slot, reason: str) -> None:
+        if slot.model is None:
+            return
+        slot.model = None
+        slot.unloads += 1
+        free_accelerator_memory()
+        _LOGGER.info("Unloaded model %s (%s)", slot.key, reason)
+
+    # -- on the event loop ---------------------------------------------------------------------
+
+    def _schedule_idle_unload(self, slot: _Slot) -> None:
+        if slot.idle_unload < 0 or slot.users > 0:
+            return
+        loop = asyncio.get_running_loop()
+        if slot.timer is not None:
+            slot.timer.cancel()
+        slot.timer = loop.call_later(
+            max(slot.idle_unload, 0.0), lambda: loop.create_task(self._unload_if_idle(slot))
+        )
+
+    async def _unload_if_idle(self, slot: _Slot) -> None:
+        slot.timer = None
+        if slot.users > 0 or slot.model is None:
+            return
+        idle_for = time.monotonic() - slot.last_used
+        await self.inference.run(
+            lambda: self._unload(slot, f"idle for {idle_for:.1f} s, --idle-unload {slot.idle_unload:g}")
+            if slot.users == 0
+            else None,
+            Priority.BULK,
+        )
+
+
+@dataclass
+class ModelHandle:
+    """One request's hold on a model: run jobs with it on the inference thread."""
+
+    manager: ModelManager
+    key: str
+
+    async def run(self, fn: Callable[[Any], T], priority: Priority = Priority.REALTIME) -> T:
+        return await self.manager.run(self.key, fn, priority)
