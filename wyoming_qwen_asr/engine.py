@@ -1,0 +1,185 @@
+"""Qwen3-ASR on the transformers backend: the official model and prompt, one decode step at a time.
+
+Everything here runs on the inference thread. The streaming strategy (which audio, which forced prefix)
+lives in `streaming.py`; this module only knows how to run the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+# Output cap from audio length, so a model that never emits EOS (random weights, a misbehaving
+# checkpoint) stops anyway. Real speech is 2-6 tokens per second in Qwen's tokenizer; the margin
+# covers the "language X<asr_text>" header.
+TOKENS_PER_SECOND = 12
+TOKEN_MARGIN = 24
+
+
+def max_new_tokens_for(seconds: float) -> int:
+    return int(math.ceil(TOKENS_PER_SECOND * max(seconds, 0.0))) + TOKEN_MARGIN
+
+
+class AsrEngine:
+    """A loaded Qwen3-ASR model (`qwen_asr.Qwen3ASRModel`) plus the few calls the server needs."""
+
+    def __init__(self, asr) -> None:
+        import torch
+
+        self._torch = torch
+        self.asr = asr
+        self.model = asr.model
+        self.processor = asr.processor
+        self.tokenizer = asr.processor.tokenizer
+        self.device = asr.device
+        self.dtype = asr.dtype
+        self._special_ids = set(self.tokenizer.all_special_ids) | {151643, 151645}
+        tower = self.model.thinker.audio_tower
+        self.windowed_encoder = apply_encoder_windows(tower)
+        # On a CPU the encoder's convolutions are most of a step's prefill; reuse what is unchanged.
+        self.encoder_cache = None
+        if str(self.device).startswith("cpu"):
+            from .encoder_cache import EncoderCache
+
+            self.encoder_cache = EncoderCache(tower)
+
+    @classmethod
+    def load(cls, path: Path, device: str, dtype) -> "AsrEngine":
+        started = time.monotonic()
+        from qwen_asr import Qwen3ASRModel
+
+        imported = time.monotonic()
+        asr = Qwen3ASRModel.from_pretrained(
+            str(path), dtype=dtype, device_map=device, max_new_tokens=TOKEN_MARGIN
+        )
+        _LOGGER.info(
+            "Qwen3-ASR from %s on %s (%s): import %.2f s, load %.2f s",
+            path,
+            device,
+            str(dtype).replace("torch.", ""),
+            imported - started,
+            time.monotonic() - imported,
+        )
+        return cls(asr)
+
+    # -- prompts --------------------------------------------------------------------------------
+
+    def prompt(self, context: str, language: Optional[str]) -> str:
+        """The official prompt: context in the system turn; a forced language ends it with its tag."""
+        return self.asr._build_text_prompt(context=context, force_language=language)
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(
+            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def decode(
+        self,
+        audio: np.ndarray,
+        prompt: str,
+        prefix_ids: Sequence[int] = (),
+        max_new_tokens: int = TOKEN_MARGIN,
+        should_stop: Optional[Callable[[], bool]] = None,
+    ) -> List[int]:
+        """Generate after `prompt` + `prefix_ids` for 16 kHz mono float audio; returns new token ids.
+
+        `prefix_ids` are appended as ids (not re-tokenized text), so the model continues exactly the
+        tokens it produced before. `should_stop` aborts generation between two tokens.
+        """
+        torch = self._torch
+        audio = pad_to_minimum(audio)
+        inputs = self.processor(text=[prompt], audio=[audio], return_tensors="pt", padding=True)
+        if prefix_ids:
+            extra = torch.tensor([list(prefix_ids)], dtype=inputs["input_ids"].dtype)
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+            inputs["attention_mask"] = torch.cat(
+                [inputs["attention_mask"], torch.ones_like(extra, dtype=inputs["attention_mask"].dtype)],
+                dim=1,
+            )
+        inputs = inputs.to(self.device).to(self.dtype)
+        kwargs = {}
+        if should_stop is not None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class _Abort(StoppingCriteria):
+                def __call__(self, input_ids, scores, **_kw):
+                    return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool)
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_Abort()])
+        n_in = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max(1, max_new_tokens), **kwargs)
+        generated = out.sequences[0, n_in:].tolist()
+        while generated and generated[-1] in self._special_ids:
+            generated.pop()
+        return generated
+
+    def transcribe_batch(self, audio: np.ndarray, context: str, language: Optional[str]):
+        """The official one-shot `transcribe` (for comparison and benchmarks), with our output cap."""
+        self.asr.max_new_tokens = max_new_tokens_for(len(audio) / SAMPLE_RATE)
+        return self.asr.transcribe((audio, SAMPLE_RATE), context=context, language=language)[0]
+
+
+def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
+    """Pad with silence to the official minimum input length (qwen_asr pads the same way)."""
+    from qwen_asr.inference.utils import MIN_ASR_INPUT_SECONDS
+
+    minimum = int(MIN_ASR_INPUT_SECONDS * SAMPLE_RATE)
+    if len(audio) >= minimum:
+        return audio
+    return np.concatenate([audio, np.zeros(minimum - len(audio), dtype=audio.dtype)])
+
+
+def split_long_audio(audio: np.ndarray):
+    """The official split of audio longer than Qwen3-ASR's input limit, at low-energy points."""
+    from qwen_asr.inference.utils import MAX_ASR_INPUT_SECONDS, split_audio_into_chunks
+
+    return [
+        part
+        for part, _offset in split_audio_into_chunks(
+            wav=audio, sr=SAMPLE_RATE, max_chunk_sec=MAX_ASR_INPUT_SECONDS
+        )
+    ]
+
+
+def apply_encoder_windows(audio_tower) -> bool:
+    """Make the audio encoder attend within its 8-second windows on every attention path.
+
+    qwen-asr 0.0.6 passes the window boundaries (`cu_seqlens`) to each attention layer but builds no
+    mask for them, so only flash-attention respects the windows; on sdpa/eager (CPU) all audio is
+    attended globally (upstream Qwen3-ASR issue #213). Here each window's attention runs separately,
+    which is what flash-attention's varlen kernel computes, on this model instance only.
+    Returns True when the windows were applied.
+    """
+    if audio_tower.config._attn_implementation == "flash_attention_2":
+        return False
+    import torch
+
+    for layer in audio_tower.layers:
+        attention = layer.self_attn
+        attention.forward = _windowed(attention.forward, torch)
+    return True
+
+
+def _windowed(forward, torch):
+    def windowed_forward(hidden_states, cu_seqlens=None, attention_mask=None, **kwargs):
+        if cu_seqlens is None or attention_mask is not None or len(cu_seqlens) <= 2:
+            return forward(hidden_states, cu_seqlens=cu_seqlens, attention_mask=attention_mask, **kwargs)
+        bounds = cu_seqlens.tolist()
+        outputs = []
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            window = torch.tensor([0, end - start], dtype=cu_seqlens.dtype, device=cu_seqlens.device)
+            outputs.append(forward(hidden_states[start:end], cu_seqlens=window, **kwargs))
+        return torch.cat(outputs, dim=0)
+
+    return windowed_forward

@@ -1,0 +1,190 @@
+"""Wyoming events of one connection: describe, and transcriptions streamed as they are spoken."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Optional
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler
+
+from .app import AsrApp
+from .context import build_context
+from .engine import SAMPLE_RATE
+from .languages import UnsupportedLanguage, to_code, to_qwen_name
+from .session import StreamingSession
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class AsrEventHandler(AsyncEventHandler):
+    def __init__(self, reader, writer, app: AsrApp) -> None:
+        super().__init__(reader, writer)
+        self.app = app
+        self._request = Transcribe()
+        self._session: Optional[StreamingSession] = None
+        self._hold: Optional[contextlib.AsyncExitStack] = None
+        self._format: Optional[tuple] = None
+        self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
+        self._language: Optional[str] = None
+        self._started_sent = False
+        self._write_lock = asyncio.Lock()
+        self._audio_stop_at = 0.0
+
+    async def write_event(self, event: Event) -> None:
+        async with self._write_lock:
+            await super().write_event(event)
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(self.app.info.event())
+        elif Transcribe.is_type(event.type):
+            await self._on_transcribe(Transcribe.from_event(event))
+        elif AudioStart.is_type(event.type):
+            await self._on_audio_start(AudioStart.from_event(event))
+        elif AudioChunk.is_type(event.type):
+            await self._on_audio_chunk(AudioChunk.from_event(event))
+        elif AudioStop.is_type(event.type):
+            await self._on_audio_stop()
+        elif Ping.is_type(event.type):
+            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        else:
+            await self._error(
+                f"Unexpected event {event.type!r}: this speech-to-text server understands describe, "
+                "transcribe, audio-start, audio-chunk and audio-stop",
+                "unknown-event",
+            )
+        return True
+
+    async def disconnect(self) -> None:
+        if self._session is not None:
+            _LOGGER.debug("Client left mid-utterance; dropping its session")
+        await self._end_session(cancel=True)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def _on_transcribe(self, request: Transcribe) -> None:
+        if self._session is not None:
+            await self._end_session(cancel=True)
+        self._request = request
+        try:
+            self._language = to_qwen_name(request.language) or self.app.default_language
+        except UnsupportedLanguage as err:
+            self._request = Transcribe()
+            self._language = None
+            await self._error(str(err), "unsupported-language")
+
+    async def _on_audio_start(self, start: AudioStart) -> None:
+        if self._session is not None:
+            await self._end_session(cancel=True)
+            await self._error("audio-start arrived during a transcription; the old one was dropped", "protocol")
+        self._format = (start.rate, start.width, start.channels)
+        if self._language is None:
+            self._language = self.app.default_language
+        context = build_context(
+            self.app.context,
+            self._request.context,
+            self._request.transcript_names,
+            self._request.transcript_terms,
+        )
+        self._hold = contextlib.AsyncExitStack()
+        handle = await self._hold.enter_async_context(self.app.manager.use(self.app.model_key))
+        self._started_sent = False
+        self._session = StreamingSession(
+            handle,
+            context=context,
+            language=self._language,
+            chunk_seconds=self.app.chunk_seconds,
+            on_text=self._send_piece,
+        )
+        _LOGGER.debug("Transcription started: %s, language=%s", self._format, self._language)
+
+    async def _on_audio_chunk(self, chunk: AudioChunk) -> None:
+        if self._session is None:
+            await self._error(
+                "audio-chunk arrived before audio-start: send transcribe (optional), audio-start, "
+                "then audio-chunk events",
+                "protocol",
+            )
+            return
+        if (chunk.rate, chunk.width, chunk.channels) != self._format:
+            announced = self._format
+            await self._end_session(cancel=True)
+            await self._error(
+                f"audio-chunk format {chunk.rate} Hz/{chunk.width} bytes/{chunk.channels} ch differs "
+                f"from audio-start's {announced[0]} Hz/{announced[1]} bytes/{announced[2]} ch; "
+                "the transcription was dropped",
+                "audio-format",
+            )
+            return
+        if chunk.width not in (1, 2, 3, 4) or len(chunk.audio) % (chunk.width * chunk.channels):
+            await self._end_session(cancel=True)
+            await self._error("audio-chunk holds a partial sample frame; the transcription was dropped", "audio-format")
+            return
+        self._session.add_audio(self._converter.convert(chunk).audio)
+
+    async def _on_audio_stop(self) -> None:
+        if self._session is None:
+            await self._error("audio-stop arrived without audio-start", "protocol")
+            return
+        session, started = self._session, time.monotonic()
+        try:
+            result = await session.finish()
+        except Exception as err:  # the model failed: tell the client, keep serving
+            _LOGGER.exception("Transcription failed")
+            await self._end_session(cancel=True)
+            await self._error(f"Transcription failed: {err}", "transcription-failed")
+            return
+        language = to_code(result.language)
+        sent = session.sent_text
+        if not result.text.startswith(sent):  # cannot happen by construction; never lose text
+            _LOGGER.warning("Final transcript does not extend the streamed text: %r vs %r", result.text, sent)
+        rest = result.text[len(sent):] if result.text.startswith(sent) else ""
+        if rest:
+            await self._send_piece(result.language, rest)
+        if not self._started_sent:
+            await self.write_event(TranscriptStart(language=language).event())
+        final_text = sent + rest if result.text.startswith(sent) else result.text
+        await self.write_event(Transcript(text=final_text, language=language).event())
+        await self.write_event(TranscriptStop().event())
+        _LOGGER.info(
+            "Transcribed %.2f s of audio: %d chars, language %s, %.3f s after audio-stop",
+            session.samples / SAMPLE_RATE,
+            len(final_text),
+            language,
+            time.monotonic() - started,
+        )
+        _LOGGER.debug("Transcript: %s", final_text)
+        await self._end_session(cancel=False)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _send_piece(self, language_name: Optional[str], piece: str) -> None:
+        if not self._started_sent:
+            self._started_sent = True
+            await self.write_event(TranscriptStart(language=to_code(language_name or self._language)).event())
+        await self.write_event(TranscriptChunk(text=piece).event())
+
+    async def _end_session(self, cancel: bool) -> None:
+        session, self._session = self._session, None
+        if session is not None and cancel:
+            await session.cancel()
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            await hold.aclose()
+        self._request = Transcribe()
+        self._language = None
+        self._format = None
+        self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
+
+    async def _error(self, text: str, code: str) -> None:
+        _LOGGER.warning("Client error (%s): %s", code, text)
+        await self.write_event(Error(text=text, code=code).event())
