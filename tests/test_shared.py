@@ -1,0 +1,126 @@
+"""The shared package: CLI and environment variables, model resolution, the environment itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.model_store import ModelNotAvailable, resolve_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_option_reads_its_environment_variable(monkeypatch):
+    from wyoming_qwen_asr.__main__ import parse_args
+
+    monkeypatch.setenv("QWEN_ASR_IDLE_UNLOAD", "5")
+    monkeypatch.setenv("QWEN_ASR_PRELOAD", "true")
+    monkeypatch.setenv("QWEN_ASR_DATA_DIR", "/a,/b")
+    monkeypatch.setenv("QWEN_ASR_LANGUAGE", "de")
+    monkeypatch.setenv("QWEN_ASR_CHUNK_SECONDS", "1.5")
+    args = parse_args([])
+    assert args.idle_unload == 5 and args.preload is True and args.data_dir == ["/a", "/b"]
+    assert args.language == "de" and args.chunk_seconds == 1.5
+    assert args.uri == "tcp://0.0.0.0:10300"
+    # the command line wins over the environment
+    assert parse_args(["--idle-unload", "-1", "--data-dir", "/c", "--data-dir", "/d"]).data_dir == ["/c", "/d"]
+    assert parse_args(["--idle-unload", "-1"]).idle_unload == -1
+
+
+def test_bad_options_fail_with_a_message(capsys):
+    from wyoming_qwen_asr.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--language", "tlh"])
+    assert "not supported" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--chunk-seconds", "0"])
+
+
+def test_auto_model_follows_the_device():
+    from wyoming_qwen_asr.app import choose_model
+
+    assert choose_model("auto", "cpu") == "Qwen/Qwen3-ASR-0.6B"
+    assert choose_model("auto", "cuda:1") == "Qwen/Qwen3-ASR-1.7B"
+    assert choose_model("/models/asr", "cuda") == "/models/asr"
+
+
+def test_local_directory_is_used_as_is(tmp_path):
+    assert resolve_model(str(tmp_path)) == tmp_path
+
+
+def test_local_files_only_says_how_to_fix_a_missing_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotAvailable, match="--local-files-only"):
+        resolve_model("Qwen/Qwen3-ASR-0.6B", [str(tmp_path / "data")], local_files_only=True)
+
+
+def test_model_in_a_data_dir_is_found_without_download(tmp_path):
+    snapshot = tmp_path / "models--Qwen--Qwen3-ASR-0.6B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--Qwen--Qwen3-ASR-0.6B" / "refs").mkdir()
+    (tmp_path / "models--Qwen--Qwen3-ASR-0.6B" / "refs" / "main").write_text("abc123")
+    found = resolve_model("Qwen/Qwen3-ASR-0.6B", [str(tmp_path / "elsewhere"), str(tmp_path)], local_files_only=True)
+    assert found == snapshot
+
+
+def test_download_goes_to_first_data_dir_with_progress_in_the_log(tmp_path, monkeypatch, caplog):
+    """The hub cannot be reached here, so its download function is replaced (a mock of the hub only)."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, cache_dir=None, local_files_only=False, tqdm_class=None, **_kw):
+        calls.append((repo_id, cache_dir, local_files_only))
+        if local_files_only:
+            raise FileNotFoundError(repo_id)
+        target = Path(cache_dir) / "snap"
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"0" * 1000)
+        bar = tqdm_class(total=3, unit="files")
+        for _ in range(3):
+            bar.update(1)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with caplog.at_level(logging.INFO, logger="shared.model_store"):
+        path = resolve_model("Qwen/Qwen3-ASR-0.6B", [str(tmp_path / "one"), str(tmp_path / "two")])
+    assert path == tmp_path / "one" / "snap"
+    assert calls[-1] == ("Qwen/Qwen3-ASR-0.6B", str(tmp_path / "one"), False)
+    assert "Downloading Qwen/Qwen3-ASR-0.6B: 3/3 files" in caplog.text
+    assert "Downloaded Qwen/Qwen3-ASR-0.6B" in caplog.text
+
+
+def test_both_qwen_packages_work_in_this_environment(tmp_path):
+    """qwen-asr and qwen-tts pin different transformers; script/setup installs both (README)."""
+    code = (
+        "import qwen_asr, qwen_tts, transformers, torch, torchaudio\n"
+        "from qwen_asr import Qwen3ASRModel\n"
+        "from qwen_tts import Qwen3TTSModel\n"
+        "print(transformers.__version__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("4.57.6")
+
+
+def test_describe_path_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from wyoming_qwen_asr.__main__ import parse_args\n"
+        "from wyoming_qwen_asr.app import create_app\n"
+        "from wyoming_qwen_asr.handler import AsrEventHandler\n"
+        "app = create_app(parse_args(['--model', 'Qwen/Qwen3-ASR-0.6B']))\n"
+        "app.info.event()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'qwen_asr', 'qwen_tts') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,44 @@
+"""Small helpers for talking to the servers with the `wyoming` client in tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import List, Optional
+
+import numpy as np
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event
+
+
+def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> bytes:
+    """Noise with a slowly varying envelope, as 16-bit PCM (channels interleaved)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    envelope = 0.05 + 0.4 * np.abs(np.sin(np.arange(n) / rate * 1.3))
+    mono = envelope * rng.standard_normal(n)
+    samples = np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono
+    return (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+
+
+async def send_audio(client, pcm: bytes, rate=16000, width=2, channels=1, *, realtime=False,
+                     chunk_seconds=0.1, stop=True) -> None:
+    await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+    step = int(rate * chunk_seconds) * width * channels
+    for i in range(0, len(pcm), step):
+        await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[i:i + step]).event())
+        if realtime:
+            await asyncio.sleep(chunk_seconds)
+    if stop:
+        await client.write_event(AudioStop().event())
+
+
+async def read_until(client, *types: str, timeout: float = 60.0) -> List[Event]:
+    """Read events until one of `types` (inclusive); fails on disconnect or timeout."""
+    events: List[Event] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event: Optional[Event] = await client.read_event()
+            assert event is not None, f"server closed the connection; got {[e.type for e in events]}"
+            events.append(event)
+            if event.type in types:
+                return events
