@@ -318,3 +318,17 @@ async def test_unsupported_language_lists_the_supported_ones(start_asr):
         (error,) = await read_until(client, "error")
     assert "tlh" in error.data["text"] and "en (English)" in error.data["text"] and "yue (Cantonese)" in error.data["text"]
     await assert_still_serving(server)
+
+
+async def test_unstreamed_request_equals_the_official_transcribe(start_asr):
+    """With no streaming step, the server's transcript is the official `transcribe` output."""
+    import numpy as np
+
+    server = await start_asr("--chunk-seconds", "100", "--context", "Kitchen")
+    pcm = speechlike(2.5, seed=7)
+    events = await transcribe(server, pcm, language="en")
+    (transcript,) = texts(events, "transcript")
+    audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+    official = await server.app.manager.run(
+        "asr", lambda engine: engine.transcribe_batch(audio, "Kitchen", "English"))
+    assert transcript == official.text and official.text

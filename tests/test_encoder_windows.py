@@ -79,3 +79,23 @@ def test_encoder_cache_equals_the_encoder_and_reuses_unchanged_audio(asr_model_d
         assert got.shape == expected[seconds].shape
         assert torch.allclose(got, expected[seconds], atol=1e-5), (seconds, (got - expected[seconds]).abs().max())
     assert cache.chunk_hits > 0 and cache.window_hits > 0
+
+
+def test_engine_patches_leave_the_official_output_unchanged(asr_model_dir):
+    """The engine's changes to the model (last-position head, windows, encoder cache) change no output
+    of the official transcribe for audio within one window, compared with a model loaded untouched."""
+    from qwen_asr import Qwen3ASRModel
+
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    engine = AsrEngine.load(asr_model_dir, "cpu", torch.float32)
+    stock = Qwen3ASRModel.from_pretrained(str(asr_model_dir), dtype=torch.float32, device_map="cpu")
+    from wyoming_qwen_asr.engine import max_new_tokens_for
+
+    stock.max_new_tokens = max_new_tokens_for(3.0)
+    audio = (0.2 * np.random.default_rng(3).standard_normal(3 * 16000)).astype(np.float32)
+    for _ in range(2):  # the second pass runs on cached encoder work
+        ours = engine.transcribe_batch(audio, "ctx", "English")
+        theirs = stock.transcribe((audio, 16000), context="ctx", language="English")[0]
+        assert ours.text == theirs.text and ours.text
+    assert engine.encoder_cache.chunk_hits > 0

@@ -42,6 +42,7 @@ class AsrEngine:
         self.device = asr.device
         self.dtype = asr.dtype
         self._special_ids = set(self.tokenizer.all_special_ids) | {151643, 151645}
+        keep_last_logits_only(self.model.thinker)
         tower = self.model.thinker.audio_tower
         self.windowed_encoder = apply_encoder_windows(tower)
         # On a CPU the encoder's convolutions are most of a step's prefill; reuse what is unchanged.
@@ -150,6 +151,18 @@ def split_long_audio(audio: np.ndarray):
             wav=audio, sr=SAMPLE_RATE, max_chunk_sec=MAX_ASR_INPUT_SECONDS
         )
     ]
+
+
+def keep_last_logits_only(thinker) -> None:
+    """Compute the LM head on the last position only.
+
+    generate() reads only the last position's logits, but the thinker's forward has no
+    `logits_to_keep`, so each prefill multiplies every prompt position by the 151936-word head:
+    about 0.4 s of wasted CPU time per decode step on the 0.6B model. Same logits where they are used.
+    """
+    head = thinker.lm_head
+    full_forward = head.forward
+    head.forward = lambda hidden_states: full_forward(hidden_states[:, -1:, :])
 
 
 def apply_encoder_windows(audio_tower) -> bool:
