@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from urllib.parse import urlparse
@@ -22,3 +23,22 @@ async def serve(uri: str, handler_factory: HandlerFactory) -> None:
     server = make_server(uri)
     _LOGGER.info("Ready on %s", uri)
     await server.run(handler_factory)
+
+
+def start_preload(manager, key: str) -> "asyncio.Task":
+    """Load a model in the background while the server already answers `describe`."""
+    task = asyncio.create_task(manager.preload(key))
+    task.add_done_callback(_log_preload_failure)
+    return task
+
+
+def _log_preload_failure(task: "asyncio.Task") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("Preloading the model failed: %s", task.exception())
+
+
+def run_until_interrupted(main) -> None:
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from functools import partial
 from typing import List, Optional
 
 from shared.cli import EnvArgumentParser, add_common_options, setup_logging
-from shared.server import serve
+from shared.server import run_until_interrupted, serve, start_preload
 
 _LOGGER = logging.getLogger("wyoming_qwen_asr")
 
@@ -65,21 +64,12 @@ async def main(argv: Optional[List[str]] = None) -> None:
     app = create_app(args)
     _LOGGER.info("Serving %s on %s", app.model, args.uri)
     if args.preload:
-        preload = asyncio.create_task(app.manager.preload(app.model_key))
-        preload.add_done_callback(_log_failure)
+        start_preload(app.manager, app.model_key)
     await serve(args.uri, partial(AsrEventHandler, app=app))
 
 
-def _log_failure(task: "asyncio.Task") -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _LOGGER.error("Preloading the model failed: %s", task.exception())
-
-
 def run() -> None:
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    run_until_interrupted(main)
 
 
 if __name__ == "__main__":
