@@ -1,0 +1,101 @@
+"""One request being read aloud: sentences go in as they become known, audio events come out in order.
+
+Sentences are synthesized one at a time on the shared inference thread. The first sentence of a
+request runs at real-time priority and later ones at bulk priority, so a new request's first sentence
+goes before the later sentences of a long reading in another room, and two long readings take turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Awaitable, Callable, Optional
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.event import Event
+
+from shared.audio import chunks, float_to_pcm16
+from shared.inference import Priority
+from shared.model_manager import ModelManager
+
+from .engine import SAMPLE_RATE
+from .voices import Voice
+
+_LOGGER = logging.getLogger(__name__)
+
+class Reading:
+    def __init__(
+        self,
+        manager: ModelManager,
+        model_key: str,
+        voice: Voice,
+        language: Optional[str],
+        samples_per_chunk: int,
+        write_event: Callable[[Event], Awaitable[None]],
+    ) -> None:
+        self._manager = manager
+        self._model_key = model_key
+        self.voice = voice
+        self.language = language
+        self._samples_per_chunk = samples_per_chunk
+        self._write_event = write_event
+        self._queue: "asyncio.Queue[Optional[str]]" = asyncio.Queue()
+        self._audio_started = False
+        self._started_at = time.monotonic()
+        self.first_audio_at: Optional[float] = None
+        self.sentences_done = 0
+        self._task = asyncio.create_task(self._run(), name=f"reading {voice.name}")
+
+    def add(self, sentence: str) -> None:
+        self._queue.put_nowait(sentence)
+
+    async def finish(self) -> None:
+        """Wait until every sentence is spoken, then end the audio (audio-start/-stop even if empty)."""
+        self._queue.put_nowait(None)
+        await self._task
+        if not self._audio_started:
+            await self._start_audio()
+        await self._write_event(AudioStop().event())
+        _LOGGER.info(
+            "Read %d sentences with %s in %.2f s (first audio after %s)",
+            self.sentences_done, self.voice.name, time.monotonic() - self._started_at,
+            "-" if self.first_audio_at is None else f"{self.first_audio_at - self._started_at:.2f} s",
+        )
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    async def _run(self) -> None:
+        async with self._manager.use(self._model_key) as model:
+            first = True
+            while (sentence := await self._queue.get()) is not None:
+                started = time.monotonic()
+                priority = Priority.REALTIME if first else Priority.BULK
+                first = False
+                audio = await model.run(
+                    lambda engine, s=sentence: engine.synthesize(s, self.voice, self.language), priority
+                )
+                _LOGGER.debug(
+                    "Sentence of %d chars -> %.2f s of audio in %.2f s: %s",
+                    len(sentence), len(audio) / SAMPLE_RATE, time.monotonic() - started, sentence,
+                )
+                await self._send(audio)
+                self.sentences_done += 1
+
+    async def _start_audio(self) -> None:
+        self._audio_started = True
+        await self._write_event(AudioStart(rate=SAMPLE_RATE, width=2, channels=1).event())
+
+    async def _send(self, audio) -> None:
+        if not self._audio_started:
+            await self._start_audio()
+        if self.first_audio_at is None and len(audio):
+            self.first_audio_at = time.monotonic()
+        for piece in chunks(float_to_pcm16(audio), self._samples_per_chunk):
+            await self._write_event(
+                AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=piece).event()
+            )
