@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
-from wyoming_helpers import read_until, send_audio, speechlike  # noqa: E402
+from wyoming_helpers import read_until, send_audio, speechlike, start_server  # noqa: E402
 
 TARGET_RATIO = 0.5
 
@@ -38,7 +37,6 @@ async def run(args) -> int:
     from wyoming.asr import Transcribe
     from wyoming.client import AsyncClient
 
-    from shared.server import make_server
     from wyoming_qwen_asr import engine as engine_module
     from wyoming_qwen_asr.__main__ import parse_args
     from wyoming_qwen_asr.app import create_app
@@ -62,8 +60,7 @@ async def run(args) -> int:
     app = create_app(parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu",
                                  "--chunk-seconds", str(args.chunk_seconds), "--idle-unload", "-1"]))
     await app.manager.preload(app.model_key)
-    server = make_server(uri)
-    await server.start(partial(AsrEventHandler, app=app))
+    server = await start_server(uri, app, AsrEventHandler)
     pcm = speechlike(args.seconds)
     audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 

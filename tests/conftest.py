@@ -7,7 +7,6 @@ import contextlib
 import os
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_models  # noqa: E402
+from wyoming_helpers import start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """Tiny checkpoints, built once. WYOMING_QWEN_TINY_DIR reuses a directory built earlier."""
     prebuilt = os.environ.get("WYOMING_QWEN_TINY_DIR")
-    if prebuilt and (Path(prebuilt) / "asr" / "config.json").exists():
+    if prebuilt and all((Path(prebuilt) / name / "config.json").exists() for name in tiny_models.BUILDERS):
         return Path(prebuilt)
     out = tmp_path_factory.mktemp("tiny-models")
-    tiny_models.build_asr(out / "asr")
+    for name, build in tiny_models.BUILDERS.items():
+        build(out / name)
     return out
 
 
@@ -56,8 +57,6 @@ async def start_asr(asr_model_dir, tmp_path):
     from wyoming_qwen_asr.__main__ import parse_args
     from wyoming_qwen_asr.app import create_app
     from wyoming_qwen_asr.handler import AsrEventHandler
-    from shared.server import make_server
-
     started = []
 
     async def start(*extra, uri=None, preload=True) -> RunningServer:
@@ -66,14 +65,61 @@ async def start_asr(asr_model_dir, tmp_path):
         app = create_app(args)
         if preload:
             await app.manager.preload(app.model_key)
-        server = make_server(uri)
-        await server.start(partial(AsrEventHandler, app=app))
+        server = await start_server(uri, app, AsrEventHandler)
         running = RunningServer(uri, app, server)
         started.append(running)
         return running
 
     yield start
+    await _stop_all(started)
+
+
+async def _stop_all(started):
     for running in started:
         await running.server.stop()
         with contextlib.suppress(Exception):
             await running.app.manager.close()
+
+
+@pytest.fixture
+def voices_dir(tmp_path) -> Path:
+    """A voices folder with one cloned voice (3 s of noise as its reference) and one designed voice."""
+    import numpy as np
+    import soundfile as sf
+
+    folder = tmp_path / "voices"
+    clone = folder / "grandma"
+    clone.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    sf.write(clone / "reference.wav", (0.2 * rng.standard_normal(3 * 24000)).astype(np.float32), 24000)
+    (clone / "reference.txt").write_text("Hello world. The quick brown fox.")
+    design = folder / "narrator"
+    design.mkdir()
+    (design / "description.txt").write_text("A deep, calm male narrator.")
+    (design / "language.txt").write_text("en")
+    return folder
+
+
+@pytest.fixture
+async def start_tts(tiny_dir, tmp_path, voices_dir):
+    """Start an in-process TTS server on a unix socket with the three tiny models and `voices_dir`."""
+    from wyoming_qwen_tts.__main__ import parse_args
+    from wyoming_qwen_tts.app import create_app
+    from wyoming_qwen_tts.handler import TtsEventHandler
+
+    started = []
+
+    async def start(*extra, uri=None) -> RunningServer:
+        uri = uri or f"unix://{tmp_path}/tts-{len(started)}.sock"
+        args = parse_args([
+            "--uri", uri, "--device", "cpu", "--voices-dir", str(voices_dir),
+            "--model", str(tiny_dir / "tts-custom-voice"), "--clone-model", str(tiny_dir / "tts-base"),
+            "--design-model", str(tiny_dir / "tts-voice-design"), *extra])
+        app = create_app(args)
+        server = await start_server(uri, app, TtsEventHandler)
+        running = RunningServer(uri, app, server)
+        started.append(running)
+        return running
+
+    yield start
+    await _stop_all(started)

@@ -160,14 +160,169 @@ def build_asr(out_dir, *, seed: int = 0, shape: str = "tiny") -> Path:
     return out
 
 
-BUILDERS = {"asr": build_asr}
+# -- text-to-speech --------------------------------------------------------------------------------
+
+TTS_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>"]
+# the real 12 Hz models' codec-side control ids (talker vocabulary 3072, codebook 2048; ids >= 2048
+# are control tokens, all suppressed during generation except EOS)
+TTS_CODEC_IDS = dict(codec_pad_id=2148, codec_bos_id=2149, codec_eos_token_id=2150, codec_think_id=2154,
+                     codec_nothink_id=2155, codec_think_bos_id=2156, codec_think_eos_id=2157)
+TTS_LANGUAGES = {"chinese": 2055, "english": 2050, "german": 2053, "sichuan_dialect": 2062}
+TTS_SPEAKERS = {"ryan": 3061, "vivian": 3065, "eric": 2875}
+TTS_DIALECTS = {"ryan": False, "vivian": False, "eric": "sichuan_dialect"}
+# what the real checkpoints ship; from_pretrained reads it as the wrapper's generate defaults
+TTS_GENERATION = {"do_sample": True, "top_k": 50, "top_p": 1.0, "temperature": 0.9, "repetition_penalty": 1.05,
+                  "subtalker_dosample": True, "subtalker_top_k": 50, "subtalker_top_p": 1.0,
+                  "subtalker_temperature": 0.9, "max_new_tokens": 8192}
+TTS_SHAPES = {
+    "tiny": dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, text_vocab=512,
+                 text_hidden=64, cp_hidden=32, cp_layers=1, cp_heads=2, cp_kv_heads=1, cp_head_dim=16,
+                 dec_layers=2, dec_hidden=32, dec_dim=32, dec_latent=32, dec_heads=2, dec_head_dim=16,
+                 dec_codebook_dim=16),
+    # the real 0.6B widths with fewer talker and code-predictor layers, and the real 12 Hz decoder
+    "bench": dict(layers=8, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072, text_vocab=512,
+                  text_hidden=2048, cp_hidden=1024, cp_layers=2, cp_heads=16, cp_kv_heads=8, cp_head_dim=128,
+                  cp_intermediate=3072, dec_layers=8, dec_hidden=512, dec_dim=1536, dec_latent=1024, dec_heads=16, dec_head_dim=64,
+                  dec_codebook_dim=512),
+    # Qwen3-TTS-12Hz-0.6B-CustomVoice's shapes (the text vocabulary only costs memory)
+    "real-0.6b": dict(layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
+                      text_vocab=151936, text_hidden=2048, cp_hidden=1024, cp_layers=5, cp_heads=16,
+                      cp_kv_heads=8, cp_head_dim=128, cp_intermediate=3072, dec_layers=8, dec_hidden=512, dec_dim=1536,
+                      dec_latent=1024, dec_heads=16, dec_head_dim=64, dec_codebook_dim=512),
+}
+TTS_KINDS = {"tts-custom-voice": "custom_voice", "tts-base": "base", "tts-voice-design": "voice_design"}
+
+
+def _tts_text_tokenizer():
+    return _byte_level_tokenizer(["Speak happily.", "A warm, calm voice."], TTS_SPECIAL, [])
+
+
+def _speech_tokenizer_config(s):
+    from qwen_tts.core import Qwen3TTSTokenizerV2Config
+
+    encoder = dict(  # a tiny Mimi encoder: only voice cloning (encode) uses it
+        sampling_rate=24000, frame_rate=12.5, hidden_size=32, num_filters=4, num_residual_layers=1,
+        upsampling_ratios=[8, 6, 5, 4], codebook_size=2048, codebook_dim=16,
+        vector_quantization_hidden_dimension=16, num_quantizers=32, num_semantic_quantizers=1,
+        upsample_groups=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, sliding_window=250, use_causal_conv=True)
+    decoder = dict(
+        codebook_size=2048, codebook_dim=s["dec_codebook_dim"], hidden_size=s["dec_hidden"],
+        latent_dim=s["dec_latent"], num_attention_heads=s["dec_heads"], num_key_value_heads=s["dec_heads"],
+        head_dim=s["dec_head_dim"], intermediate_size=2 * s["dec_hidden"], num_hidden_layers=s["dec_layers"],
+        sliding_window=72, num_quantizers=16, upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2],
+        decoder_dim=s["dec_dim"], max_position_embeddings=8000, rope_theta=10000, rms_norm_eps=1e-5,
+        layer_scale_initial_scale=0.01)
+    return Qwen3TTSTokenizerV2Config(
+        encoder_config=encoder, decoder_config=decoder, encoder_valid_num_quantizers=16,
+        input_sample_rate=24000, output_sample_rate=24000, decode_upsample_rate=1920, encode_downsample_rate=1920)
+
+
+def _randomize_decoder(speech_tokenizer, seed):
+    """Make the random 12 Hz decoder's audio depend on the codes and be audible.
+
+    Its codebooks start as zeros (every code decodes alike), and the default init shrinks the signal
+    through ~20 convolutions to ~1e-9 (silence after int16). Random codebooks and fan-in scaling fix both.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    decoder = speech_tokenizer.decoder
+    with torch.no_grad():
+        for name, p in decoder.quantizer.named_parameters():
+            if name.endswith("embedding_sum"):
+                p.copy_(torch.randn(p.shape, generator=generator))
+        for m in decoder.modules():
+            if isinstance(m, torch.nn.ConvTranspose1d):
+                fan_in = m.weight.shape[0] * m.weight.shape[2] / m.stride[0]
+            elif isinstance(m, (torch.nn.Conv1d, torch.nn.Linear)):
+                fan_in = m.weight[0].numel()
+            else:
+                continue
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) / fan_in ** 0.5)
+            if m.bias is not None:
+                m.bias.zero_()
+        decoder.decoder[-1].conv.weight.mul_(0.002)  # keep the waveform well inside [-1, 1]
+
+
+def build_tts(out_dir, *, kind: str = "custom_voice", seed: int = 0, shape: str = "tiny") -> Path:
+    """A Qwen3-TTS 12 Hz checkpoint of `kind` (custom_voice, base, voice_design) with a 12 Hz speech
+    tokenizer in `speech_tokenizer/`, where `Qwen3TTSModel.from_pretrained` finds it."""
+    import json
+
+    import torch
+    from qwen_tts.core import Qwen3TTSTokenizerV2Model
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration, Qwen3TTSProcessor
+    from transformers import EncodecFeatureExtractor
+
+    s = TTS_SHAPES[shape]
+    torch.manual_seed(seed)
+    tokenizer = _tts_text_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in TTS_SPECIAL}
+    assert len(tokenizer) <= s["text_vocab"]
+    speakers = TTS_SPEAKERS if kind == "custom_voice" else {}
+    config = Qwen3TTSConfig(
+        talker_config=dict(
+            vocab_size=3072, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+            head_dim=s["head_dim"], max_position_embeddings=32768, rope_theta=1e6,
+            rope_scaling={"rope_type": "default", "interleaved": True,
+                          "mrope_section": [s["head_dim"] // 4, s["head_dim"] // 8, s["head_dim"] // 8]},
+            text_vocab_size=s["text_vocab"], text_hidden_size=s["text_hidden"], num_code_groups=16,
+            position_id_per_seconds=13, codec_language_id=TTS_LANGUAGES, spk_id=speakers,
+            spk_is_dialect={k: v for k, v in TTS_DIALECTS.items() if k in speakers}, **TTS_CODEC_IDS,
+            code_predictor_config=dict(
+                vocab_size=2048, hidden_size=s["cp_hidden"], intermediate_size=s.get("cp_intermediate", 2 * s["cp_hidden"]),
+                num_hidden_layers=s["cp_layers"], num_attention_heads=s["cp_heads"],
+                num_key_value_heads=s["cp_kv_heads"], head_dim=s["cp_head_dim"], max_position_embeddings=64,
+                num_code_groups=16,
+                rope_theta=1e6),
+        ),
+        speaker_encoder_config=dict(
+            mel_dim=128, enc_dim=s["hidden"], enc_channels=[32, 32, 32, 32, 96], enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=16, enc_res2net_scale=4, enc_se_channels=16,
+            sample_rate=24000),
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        # VoiceDesign exists only as 1.7B; the 0.6B CustomVoice ignores instructions
+        tts_model_size="1b7" if kind == "voice_design" else "0b6",
+        tts_model_type=kind,
+        im_start_token_id=ids["<|im_start|>"], im_end_token_id=ids["<|im_end|>"],
+        tts_pad_token_id=ids["<tts_pad>"], tts_bos_token_id=ids["<tts_text_bos>"],
+        tts_eos_token_id=ids["<tts_text_eod>"],
+    )
+    model = Qwen3TTSForConditionalGeneration(config).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    Qwen3TTSProcessor(tokenizer=tokenizer).save_pretrained(out)
+    # Qwen3TTSSpeakerEncoderConfig takes no **kwargs, but to_dict() writes "model_type" into it:
+    # drop it or the checkpoint does not load again
+    config_path = out / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["speaker_encoder_config"].pop("model_type", None)
+    config_path.write_text(json.dumps(saved, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(TTS_GENERATION, indent=2))
+
+    speech_tokenizer = Qwen3TTSTokenizerV2Model(_speech_tokenizer_config(s)).eval()
+    _randomize_decoder(speech_tokenizer, seed)
+    speech_tokenizer.save_pretrained(out / "speech_tokenizer")
+    EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0).save_pretrained(
+        out / "speech_tokenizer")
+    return out
+
+
+def _tts_builder(kind):
+    return lambda out_dir, seed=0, shape="tiny": build_tts(out_dir, kind=kind, seed=seed, shape=shape)
+
+
+BUILDERS = {"asr": build_asr, **{name: _tts_builder(kind) for name, kind in TTS_KINDS.items()}}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", help="Directory that receives one sub-directory per checkpoint")
     parser.add_argument("--only", action="append", choices=sorted(BUILDERS), help="Build only these")
-    parser.add_argument("--shape", default="tiny", help="tiny (tests), bench, real-0.6b")
+    parser.add_argument("--shape", default="tiny", choices=sorted(ASR_SHAPES), help="tiny (tests), bench, real-0.6b")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in args.only or BUILDERS:

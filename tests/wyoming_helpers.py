@@ -42,3 +42,14 @@ async def read_until(client, *types: str, timeout: float = 60.0) -> List[Event]:
             events.append(event)
             if event.type in types:
                 return events
+
+
+async def start_server(uri: str, app, handler_class):
+    """Serve `app` with `handler_class` on `uri` in this process (tests and benchmarks)."""
+    from functools import partial
+
+    from shared.server import make_server
+
+    server = make_server(uri)
+    await server.start(partial(handler_class, app=app))
+    return server
