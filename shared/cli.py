@@ -42,7 +42,8 @@ class EnvArgumentParser(argparse.ArgumentParser):
                 else:
                     kwargs["default"] = value
             help_text = kwargs.get("help", "")
-            kwargs["help"] = f"{help_text} [env {name}]".strip()
+            if help_text is not argparse.SUPPRESS:
+                kwargs["help"] = f"{help_text} [env {name}]".strip()
         return super().add_argument(*flags, **kwargs)
 
 
@@ -99,6 +100,43 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         help="Seconds without a request before the model is unloaded (0: after every request, -1: never)",
     )
     parser.add_argument("--preload", action="store_true", help="Load the model at start-up")
+    parser.add_argument(
+        "--max-loaded-models",
+        type=int,
+        default=0,
+        help="Keep at most this many models loaded; the least recently used goes first (0: no limit)",
+    )
+    parser.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="Serve in this process (no worker process; memory is not handed back when idle). For debugging",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=300.0,
+        help="An error is sent when the worker says nothing this long while a client waits for it; "
+        "a worker that then does not answer is restarted",
+    )
+    parser.add_argument(
+        "--zeroconf",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="Advertise the server over mDNS for Home Assistant discovery (optional instance name)",
+    )
+    parser.add_argument(
+        "--zeroconf-address", default=None, help="Address to advertise (default: the bind address or detected)"
+    )
+    parser.add_argument(
+        "--zeroconf-interface",
+        action="append",
+        default=None,
+        help="Interface address mDNS uses (repeatable; default: all)",
+    )
+    # set by the gateway for the worker process it starts: the gateway's PID
+    parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", help="Log DEBUG messages")
     parser.add_argument(
         "--log-format", default=logging.BASIC_FORMAT, help="Format of log messages (Python logging)"

@@ -59,9 +59,16 @@ class InferenceThread:
             try:
                 result = fn()
             except BaseException as err:  # delivered to the awaiting task
-                loop.call_soon_threadsafe(_set_exception, future, err)
+                _deliver(loop, _set_exception, future, err)
             else:
-                loop.call_soon_threadsafe(_set_result, future, result)
+                _deliver(loop, _set_result, future, result)
+
+
+def _deliver(loop, setter, future, value) -> None:
+    try:
+        loop.call_soon_threadsafe(setter, future, value)
+    except RuntimeError:  # the loop closed meanwhile (shutting down): nobody waits any more
+        pass
 
 
 def _set_result(future: asyncio.Future, result: Any) -> None:

@@ -32,6 +32,19 @@ class _Slot:
     loads: int = 0
     unloads: int = 0
     timer: Optional[asyncio.TimerHandle] = None
+    failures: int = 0
+    retry_at: float = 0.0
+    last_error: str = ""
+
+
+# After a failed load, the next attempt waits 10 s, doubling per failure up to 5 minutes; meanwhile
+# requests are refused at once with the reason, instead of each waiting for another failing load.
+BACKOFF_FIRST = 10.0
+BACKOFF_MAX = 300.0
+
+
+class ModelUnavailable(RuntimeError):
+    """The model failed to load and the back-off time has not passed yet."""
 
 
 class ModelManager:
@@ -121,11 +134,25 @@ class ModelManager:
                 victim = min(idle, key=lambda s: s.last_used)
                 self._unload(victim, f"--max-loaded-models {self.max_loaded} reached, {slot.key} needed")
                 loaded.remove(victim)
-        started = time.monotonic()
+        now = time.monotonic()
+        if slot.failures and now < slot.retry_at:
+            raise ModelUnavailable(
+                f"Model {slot.key} is not available: loading it failed {slot.failures} time(s), last with "
+                f"{slot.last_error.rstrip('.')}; next attempt in {slot.retry_at - now:.0f} s"
+            )
         _LOGGER.info("Loading model %s", slot.key)
-        slot.model = slot.loader()
+        try:
+            slot.model = slot.loader()
+        except Exception as err:
+            slot.failures += 1
+            delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
+            slot.retry_at = time.monotonic() + delay
+            slot.last_error = f"{type(err).__name__}: {err}"
+            _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, slot.last_error, delay)
+            raise
+        slot.failures = 0
         slot.loads += 1
-        _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - started)
+        _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - now)
 
     def _unload(self, slot: _Slot, reason: str) -> None:
         if slot.model is None:

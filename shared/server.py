@@ -42,3 +42,19 @@ def run_until_interrupted(main) -> None:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+
+
+def import_heavy_modules(package: str) -> None:
+    """A worker imports torch and the Qwen package before it listens, and logs how long that took
+    (the gateway logs spawn-to-ready; the model load is logged when it happens)."""
+    import importlib
+    import time
+
+    started = time.monotonic()
+    importlib.import_module("torch")
+    torch_done = time.monotonic()
+    importlib.import_module(package)
+    _LOGGER.info(
+        "Worker imported torch in %.2f s and %s in %.2f s",
+        torch_done - started, package, time.monotonic() - torch_done,
+    )
