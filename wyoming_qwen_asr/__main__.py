@@ -7,8 +7,9 @@ import logging
 from functools import partial
 from typing import List, Optional
 
-from shared.cli import EnvArgumentParser, add_common_options, setup_logging
-from shared.server import run_until_interrupted, serve, start_preload
+from shared.cli import EnvArgumentParser, add_common_options
+from shared.launcher import ServerKind, main
+from shared.server import import_heavy_modules, serve, start_preload
 
 _LOGGER = logging.getLogger("wyoming_qwen_asr")
 
@@ -55,12 +56,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-async def main(argv: Optional[List[str]] = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args)
+def describe(args: argparse.Namespace):
+    """The `describe` answer, torch-free: what the gateway sends without a worker."""
+    from .app import choose_model
+    from .info import build_info
+
+    event = build_info(choose_model(args.model, args.device)).event()
+    return lambda: event
+
+
+async def serve_here(args: argparse.Namespace) -> None:
+    """This process serves transcriptions itself (`--no-gateway`, and every worker)."""
     from .app import create_app
     from .handler import AsrEventHandler
 
+    if args.worker_of is not None:
+        import_heavy_modules("qwen_asr")
     app = create_app(args)
     _LOGGER.info("Serving %s on %s", app.model, args.uri)
     if args.preload:
@@ -68,8 +79,11 @@ async def main(argv: Optional[List[str]] = None) -> None:
     await serve(args.uri, partial(AsrEventHandler, app=app))
 
 
-def run() -> None:
-    run_until_interrupted(main)
+KIND = ServerKind("wyoming_qwen_asr", "asr", describe, serve_here)
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    main(KIND, parse_args, argv)
 
 
 if __name__ == "__main__":

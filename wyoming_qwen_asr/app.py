@@ -43,7 +43,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     """Build the app without loading anything: the model loads on first use (or `--preload`)."""
     model = choose_model(args.model, args.device)
     default_language = to_qwen_name(args.language)
-    manager = manager or ModelManager()
+    manager = manager or ModelManager(max_loaded=args.max_loaded_models)
 
     def load():
         from shared.devices import resolve_device, resolve_dtype

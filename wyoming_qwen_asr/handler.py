@@ -55,6 +55,8 @@ class AsrEventHandler(AsyncEventHandler):
         elif AudioStop.is_type(event.type):
             await self._on_audio_stop()
         elif Ping.is_type(event.type):
+            # answered once the inference thread is free: the gateway's health probe relies on it
+            await self.app.manager.inference.run(lambda: None)
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         else:
             await self._error(

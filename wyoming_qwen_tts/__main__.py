@@ -7,8 +7,9 @@ import logging
 from functools import partial
 from typing import List, Optional
 
-from shared.cli import EnvArgumentParser, add_common_options, setup_logging
-from shared.server import run_until_interrupted, serve, start_preload
+from shared.cli import EnvArgumentParser, add_common_options
+from shared.launcher import ServerKind, main
+from shared.server import import_heavy_modules, serve, start_preload
 
 _LOGGER = logging.getLogger("wyoming_qwen_tts")
 
@@ -50,13 +51,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-async def main(argv: Optional[List[str]] = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args)
+def describe(args: argparse.Namespace):
+    """The `describe` answer, torch-free; the voices folder is read again each time."""
+    from .app import choose_models
+    from .info import describe_event
+    from .voices import PRESET
+
+    models = choose_models(args)
+    return lambda: describe_event(models[PRESET], args.voices_dir, args.data_dir, not args.no_streaming)
+
+
+async def serve_here(args: argparse.Namespace) -> None:
+    """This process synthesizes itself (`--no-gateway`, and every worker)."""
     from .app import MODEL_KEYS, create_app
     from .handler import TtsEventHandler
     from .voices import PRESET
 
+    if args.worker_of is not None:
+        import_heavy_modules("qwen_tts")
     app = create_app(args)
     _LOGGER.info("Serving %s on %s", ", ".join(f"{k}: {m}" for k, m in app.models.items()), args.uri)
     if args.preload:
@@ -64,8 +76,11 @@ async def main(argv: Optional[List[str]] = None) -> None:
     await serve(args.uri, partial(TtsEventHandler, app=app))
 
 
-def run() -> None:
-    run_until_interrupted(main)
+KIND = ServerKind("wyoming_qwen_tts", "tts", describe, serve_here)
+
+
+def run(argv: Optional[List[str]] = None) -> None:
+    main(KIND, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,10 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from wyoming.info import Info
-
 from shared.devices import wants_cuda
 from shared.model_manager import ModelManager
 
-from .info import build_info
+from .info import describe_event
 from .languages import to_qwen_name
 from .voices import CLONE, DESIGN, PRESET, Voice, catalogue, find_voice
 
@@ -40,8 +38,8 @@ class TtsApp:
         """Read the catalogue again (cheap, torch-free), so new voice folders appear at once."""
         return catalogue(self.models[PRESET], self.voices_dir, self.data_dirs)
 
-    def info(self) -> Info:
-        return build_info(self.voices().values(), self.streaming)
+    def describe(self):
+        return describe_event(self.models[PRESET], self.voices_dir, self.data_dirs, self.streaming)
 
     def choose_voice(self, name: Optional[str]) -> Voice:
         voices = self.voices()
@@ -65,7 +63,7 @@ def choose_models(args: argparse.Namespace) -> Dict[str, str]:
 
 def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None) -> TtsApp:
     models = choose_models(args)
-    manager = manager or ModelManager()
+    manager = manager or ModelManager(max_loaded=args.max_loaded_models)
     for kind, model in models.items():
         manager.register(MODEL_KEYS[kind], _loader(model, args), args.idle_unload)
     return TtsApp(

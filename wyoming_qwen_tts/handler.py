@@ -49,7 +49,7 @@ class TtsEventHandler(AsyncEventHandler):
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
-            await self.write_event(self.app.info().event())
+            await self.write_event(self.app.describe())
         elif Synthesize.is_type(event.type):
             if not self._stream_open:  # inside a stream it is the compat copy of the text: ignore
                 await self._synthesize(Synthesize.from_event(event))
@@ -60,6 +60,8 @@ class TtsEventHandler(AsyncEventHandler):
         elif SynthesizeStop.is_type(event.type):
             await self._stream_stop()
         elif Ping.is_type(event.type):
+            # answered once the inference thread is free: the gateway's health probe relies on it
+            await self.app.manager.inference.run(lambda: None)
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         else:
             await self._error(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional, Sequence
+
+from wyoming.event import Event
 
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 
 from shared import __version__
 
-from .voices import Voice
+from .voices import Voice, catalogue
 
 PROGRAM_NAME = "qwen3-tts"
 QWEN_ATTRIBUTION = Attribution(name="Qwen team, Alibaba Cloud", url="https://github.com/QwenLM/Qwen3-TTS")
@@ -32,3 +34,8 @@ def build_info(voices: Iterable[Voice], streaming: bool) -> Info:
             )
         ]
     )
+
+
+def describe_event(preset_model: str, voices_dir: Optional[str], data_dirs: Optional[Sequence[str]],
+                   streaming: bool) -> Event:
+    return build_info(catalogue(preset_model, voices_dir, data_dirs).values(), streaming).event()
