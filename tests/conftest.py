@@ -123,3 +123,66 @@ async def start_tts(tiny_dir, tmp_path, voices_dir):
 
     yield start
     await _stop_all(started)
+
+
+class ServerProcess:
+    """A server started as a real process (`python -m ...`), its log in a file."""
+
+    def __init__(self, process, uri, log_path):
+        self.process, self.uri, self.log_path = process, uri, log_path
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def children(self):
+        try:
+            return [int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self):
+        from wyoming.client import AsyncClient
+
+        return AsyncClient.from_uri(self.uri)
+
+
+@pytest.fixture
+async def server_process(tmp_path):
+    """Start `python -m MODULE ARGS...` on a unix socket (or the given --uri) and wait until it listens."""
+    from wyoming.client import AsyncClient
+
+    started = []
+
+    async def start(module, *args, uri=None, env=None):
+        uri = uri or f"unix://{tmp_path}/{module}-{len(started)}.sock"
+        log_path = tmp_path / f"{module}-{len(started)}.log"
+        log = open(log_path, "wb")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--uri", uri, "--device", "cpu", *args,
+            stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **(env or {})})
+        running = ServerProcess(process, uri, log_path)
+        started.append(running)
+        for _ in range(600):
+            if process.returncode is not None:
+                raise AssertionError(f"{module} exited with {process.returncode}:\n{running.log()[-3000:]}")
+            try:
+                client = AsyncClient.from_uri(uri)
+                await client.connect()
+                await client.disconnect()
+                return running
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"{module} did not listen on {uri}")
+
+    yield start
+    for running in started:
+        if running.process.returncode is None:
+            running.process.terminate()
+            try:
+                await asyncio.wait_for(running.process.wait(), 20)
+            except asyncio.TimeoutError:
+                running.process.kill()
