@@ -7,11 +7,14 @@ import math
 import time
 import unicodedata
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional
 
 import numpy as np
+import torch
 
 from .clone_prompts import ClonePromptCache
+from .frames import generate_frames
+from .incremental_decoder import IncrementalDecoder
 from .voices import CLONE, DESIGN, PRESET, Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class TtsEngine:
         self.model_id = model_id
         self.kind = tts.model.tts_model_type
         self.clone_prompts = ClonePromptCache(model_id)
+        self.frames_generated = 0  # progress, read by tests and logs
 
     @classmethod
     def load(cls, path: Path, model_id: str, device: str, dtype) -> "TtsEngine":
@@ -56,16 +60,63 @@ class TtsEngine:
         return cls(tts, model_id)
 
     def synthesize(self, text: str, voice: Voice, language: Optional[str]) -> np.ndarray:
-        """Float32 audio at 24 kHz for one sentence (capped by `max_frames_for`)."""
-        kwargs = dict(language=language or "auto", max_new_tokens=max_frames_for(text) + 1)
-        if voice.kind == PRESET:
-            wavs, rate = self.tts.generate_custom_voice(text=text, speaker=voice.name, **kwargs)
-        elif voice.kind == CLONE:
-            prompt = self.clone_prompts.get(self.tts, voice.folder)
-            wavs, rate = self.tts.generate_voice_clone(text=text, voice_clone_prompt=prompt, **kwargs)
-        elif voice.kind == DESIGN:
-            wavs, rate = self.tts.generate_voice_design(text=text, instruct=voice.instruct, **kwargs)
-        else:  # pragma: no cover
-            raise ValueError(f"Unknown voice kind {voice.kind}")
+        """Float32 audio at 24 kHz for one sentence (capped by `max_frames_for`), in one piece."""
+        wavs, rate = self._official_call(text, voice, language, max_frames_for(text))()
         assert rate == SAMPLE_RATE, rate
         return np.asarray(wavs[0], dtype=np.float32)
+
+    def stream(
+        self,
+        text: str,
+        voice: Voice,
+        language: Optional[str],
+        emit: Callable[[np.ndarray], None],
+        should_stop: Optional[Callable[[], bool]] = None,
+        first_chunk_frames: int = 2,
+    ) -> int:
+        """Speak one sentence frame by frame: `emit` gets audio after the first `first_chunk_frames`
+        frames, then in growing chunks. The codes are the official `generate`'s; the audio equals one
+        full decode of them. Returns the number of frames; raises GenerationStopped when stopped."""
+        decoder = IncrementalDecoder(self.tts.model.speech_tokenizer.model.decoder)
+        if voice.kind == CLONE:
+            (item,) = self.clone_prompts.get(self.tts, voice.folder)
+            if item.icl_mode and item.ref_code is not None:
+                decoder.prime(item.ref_code)
+        schedule = chunk_schedule(first_chunk_frames)
+        pending = []
+
+        def on_frame(codes) -> None:
+            pending.append(codes)
+            self.frames_generated += 1
+            if len(pending) >= schedule[0]:
+                emit(decoder.push(torch.stack(pending)))
+                pending.clear()
+                if len(schedule) > 1:
+                    schedule.pop(0)
+
+        max_frames = max_frames_for(text)
+        frames = generate_frames(
+            self.tts, self._official_call(text, voice, language, max_frames), on_frame, max_frames, should_stop
+        )
+        if pending:
+            emit(decoder.push(torch.stack(pending)))
+        return frames
+
+    def _official_call(self, text: str, voice: Voice, language: Optional[str], max_frames: int):
+        """The official wrapper call for this voice kind, ready to run."""
+        # the wrapper's max_new_tokens=N yields at most N - 1 frames
+        kwargs = dict(text=text, language=language or "auto", max_new_tokens=max_frames + 1)
+        if voice.kind == PRESET:
+            return lambda: self.tts.generate_custom_voice(speaker=voice.name, **kwargs)
+        if voice.kind == CLONE:
+            prompt = self.clone_prompts.get(self.tts, voice.folder)
+            return lambda: self.tts.generate_voice_clone(voice_clone_prompt=prompt, **kwargs)
+        if voice.kind == DESIGN:
+            return lambda: self.tts.generate_voice_design(instruct=voice.instruct, **kwargs)
+        raise ValueError(f"Unknown voice kind {voice.kind}")
+
+
+def chunk_schedule(first_chunk_frames: int) -> List[int]:
+    """Frames per audio chunk: the first after `first_chunk_frames`, then growing to 12 (the last
+    entry repeats), so first audio comes early and the per-chunk overhead stays small later."""
+    return [max(1, first_chunk_frames), 4, 8, 12]
