@@ -34,6 +34,11 @@ def build_parser() -> EnvArgumentParser:
     parser.add_argument("--voice", default=None, help="Default voice (default: ryan, else the first)")
     parser.add_argument("--language", default="auto", help="Default language: a code (en), a name, or auto")
     parser.add_argument("--samples-per-chunk", type=int, default=1024, help="Samples per audio-chunk event")
+    parser.add_argument("--first-chunk-frames", type=int, default=2,
+                        help="Frame streaming: the first audio of a sentence goes out after this many "
+                        "12.5 Hz codec frames (80 ms each)")
+    parser.add_argument("--no-frame-streaming", action="store_true",
+                        help="Synthesize whole sentences instead of streaming each one frame by frame")
     parser.add_argument("--no-streaming", action="store_true",
                         help="Do not advertise streaming text input (synthesize-start/-chunk/-stop)")
     return parser
@@ -46,6 +51,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
     if args.language and args.language.lower() != "auto" and to_qwen_name(args.language) is None:
         parser.error(f"--language {args.language!r} is not a Qwen3-TTS language (zh en ja ko de fr ru pt es it)")
+    if args.first_chunk_frames < 1:
+        parser.error("--first-chunk-frames must be at least 1")
     if args.samples_per_chunk < 1:
         parser.error("--samples-per-chunk must be at least 1")
     return args

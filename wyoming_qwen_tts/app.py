@@ -32,6 +32,7 @@ class TtsApp:
     default_language: Optional[str]  # Qwen name; None = the model's auto
     samples_per_chunk: int
     streaming: bool
+    first_chunk_frames: Optional[int]  # None: whole sentences
     data_dirs: List[str] = field(default_factory=list)
 
     def voices(self) -> Dict[str, Voice]:
@@ -74,6 +75,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
         default_language=to_qwen_name(args.language),
         samples_per_chunk=args.samples_per_chunk,
         streaming=not args.no_streaming,
+        first_chunk_frames=None if args.no_frame_streaming else args.first_chunk_frames,
         data_dirs=list(args.data_dir or []),
     )
 

@@ -42,12 +42,19 @@ class TtsEventHandler(AsyncEventHandler):
         self._reading: Optional[Reading] = None
         self._splitter: Optional[SentenceSplitter] = None
         self._stream_chars = 0
+        # A request's audio is sent by a task, so this connection keeps reading events meanwhile
+        # and a client that leaves is noticed at once (its generation stops at the next frame).
+        self._finishing: Optional[asyncio.Task] = None
+        self._finishing_reading: Optional[Reading] = None
 
     async def write_event(self, event: Event) -> None:
         async with self._write_lock:
             await super().write_event(event)
 
     async def handle_event(self, event: Event) -> bool:
+        if self._finishing is not None and not Describe.is_type(event.type):
+            await asyncio.shield(self._finishing)  # requests on one connection stay in order
+            self._finishing = self._finishing_reading = None
         if Describe.is_type(event.type):
             await self.write_event(self.app.describe())
         elif Synthesize.is_type(event.type):
@@ -72,10 +79,13 @@ class TtsEventHandler(AsyncEventHandler):
         return True
 
     async def disconnect(self) -> None:
-        if self._reading is not None:
+        reading = self._reading or self._finishing_reading
+        if reading is not None:
             _LOGGER.debug("Client left mid-reading; dropping its pending sentences")
-            await self._reading.cancel()
-            self._reading = None
+            await reading.cancel()
+        if self._finishing is not None:
+            self._finishing.cancel()
+        self._reading = None
 
     # -- one-shot ---------------------------------------------------------------------------------
 
@@ -88,7 +98,7 @@ class TtsEventHandler(AsyncEventHandler):
             return
         for sentence in split_text(request.text):
             reading.add(sentence)
-        await self._finish()
+        self._finish_in_background(stream=False)
 
     # -- streaming --------------------------------------------------------------------------------
 
@@ -122,8 +132,7 @@ class TtsEventHandler(AsyncEventHandler):
             return
         for sentence in self._splitter.finish():
             self._reading.add(sentence)
-        if await self._finish():
-            await self.write_event(SynthesizeStopped().event())
+        self._finish_in_background(stream=True)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -137,19 +146,26 @@ class TtsEventHandler(AsyncEventHandler):
             or self.app.default_language
         self._reading = Reading(
             self.app.manager, MODEL_KEYS[voice.kind], voice, language, self.app.samples_per_chunk,
-            self.write_event,
+            self.write_event, self.app.first_chunk_frames,
         )
         return self._reading
 
-    async def _finish(self) -> bool:
+    def _finish_in_background(self, stream: bool) -> None:
         reading, self._reading = self._reading, None
+        self._finishing = asyncio.create_task(self._finish(reading, stream))
+        self._finishing_reading = reading
+
+    async def _finish(self, reading: Reading, stream: bool) -> None:
         try:
             await reading.finish()
-            return True
+        except asyncio.CancelledError:
+            raise
         except Exception as err:  # the model failed: tell the client, keep serving
             _LOGGER.exception("Synthesis failed")
             await self._error(f"Synthesis failed: {err}", "synthesis-failed")
-            return False
+            return
+        if stream:
+            await self.write_event(SynthesizeStopped().event())
 
     async def _fail(self, text: str, code: str) -> None:
         reading, self._reading = self._reading, None

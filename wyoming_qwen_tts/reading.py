@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import Awaitable, Callable, Optional
 
@@ -34,12 +35,16 @@ class Reading:
         language: Optional[str],
         samples_per_chunk: int,
         write_event: Callable[[Event], Awaitable[None]],
+        first_chunk_frames: Optional[int] = 2,
     ) -> None:
+        """first_chunk_frames: stream each sentence frame by frame, first audio after this many
+        frames; None synthesizes whole sentences."""
         self._manager = manager
         self._model_key = model_key
         self.voice = voice
         self.language = language
         self._samples_per_chunk = samples_per_chunk
+        self._first_chunk_frames = first_chunk_frames
         self._write_event = write_event
         self._queue: "asyncio.Queue[Optional[str]]" = asyncio.Queue()
         self._audio_started = False
@@ -76,15 +81,50 @@ class Reading:
                 started = time.monotonic()
                 priority = Priority.REALTIME if first else Priority.BULK
                 first = False
-                audio = await model.run(
-                    lambda engine, s=sentence: engine.synthesize(s, self.voice, self.language), priority
-                )
+                if self._first_chunk_frames is None:
+                    audio = await model.run(
+                        lambda engine, s=sentence: engine.synthesize(s, self.voice, self.language), priority
+                    )
+                    await self._send(audio)
+                    seconds = len(audio) / SAMPLE_RATE
+                else:
+                    seconds = await self._stream_sentence(model, sentence, priority)
                 _LOGGER.debug(
                     "Sentence of %d chars -> %.2f s of audio in %.2f s: %s",
-                    len(sentence), len(audio) / SAMPLE_RATE, time.monotonic() - started, sentence,
+                    len(sentence), seconds, time.monotonic() - started, sentence,
                 )
-                await self._send(audio)
                 self.sentences_done += 1
+
+    async def _stream_sentence(self, model, sentence: str, priority: Priority) -> float:
+        """Send a sentence's audio chunk by chunk while its frames are still being generated."""
+        loop = asyncio.get_running_loop()
+        audio_out: "asyncio.Queue" = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(audio) -> None:  # on the inference thread
+            loop.call_soon_threadsafe(audio_out.put_nowait, audio)
+
+        job = asyncio.ensure_future(model.run(
+            lambda engine: engine.stream(
+                sentence, self.voice, self.language, emit, stop.is_set, self._first_chunk_frames),
+            priority,
+        ))
+        samples = 0
+        try:
+            while not (job.done() and audio_out.empty()):
+                getter = asyncio.ensure_future(audio_out.get())
+                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                audio = getter.result()
+                samples += len(audio)
+                await self._send(audio)
+            job.result()  # raises what the generation raised
+        except BaseException:
+            stop.set()  # a disconnect: generation ends at the next frame
+            raise
+        return samples / SAMPLE_RATE
 
     async def _start_audio(self) -> None:
         self._audio_started = True
