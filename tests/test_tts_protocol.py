@@ -21,13 +21,13 @@ def spoken(monkeypatch):
     from wyoming_qwen_tts.engine import TtsEngine
 
     calls = []
-    original = TtsEngine.synthesize
+    original = TtsEngine._official_call  # both whole-sentence and frame streaming go through it
 
-    def spy(self, text, voice, language):
+    def spy(self, text, voice, language, max_frames):
         calls.append((text, voice.name, self.kind, language))
-        return original(self, text, voice, language)
+        return original(self, text, voice, language, max_frames)
 
-    monkeypatch.setattr(TtsEngine, "synthesize", spy)
+    monkeypatch.setattr(TtsEngine, "_official_call", spy)
     return calls
 
 

@@ -1,0 +1,171 @@
+"""Frame-level streaming: the official codes frame by frame, and an incremental decode equal to a full one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from wyoming.tts import Synthesize, SynthesizeVoice
+
+from wyoming_helpers import read_until
+
+from wyoming_qwen_tts.frames import GenerationStopped, generate_frames
+from wyoming_qwen_tts.incremental_decoder import IncrementalDecoder
+
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dir):
+    from qwen_tts import Qwen3TTSModel
+
+    load = lambda name: Qwen3TTSModel.from_pretrained(str(tiny_dir / name), dtype=torch.float32, device_map="cpu")
+    return {"preset": load("tts-custom-voice"), "clone": load("tts-base"), "design": load("tts-voice-design")}
+
+
+@pytest.fixture(scope="module")
+def clone_prompt(models):
+    rng = np.random.default_rng(4)
+    reference = (0.2 * rng.standard_normal(2 * 24000)).astype(np.float32)
+    return models["clone"].create_voice_clone_prompt(ref_audio=(reference, 24000), ref_text="Hello world.")
+
+
+def official_call(models, clone_prompt, kind, sample):
+    kwargs = dict(text="Hello world, the quick brown fox.", language="english", max_new_tokens=FRAMES + 1,
+                  do_sample=sample, subtalker_dosample=sample)
+    tts = models[kind]
+    if kind == "preset":
+        return tts, lambda: tts.generate_custom_voice(speaker="ryan", **kwargs)
+    if kind == "clone":
+        return tts, lambda: tts.generate_voice_clone(voice_clone_prompt=clone_prompt, **kwargs)
+    return tts, lambda: tts.generate_voice_design(instruct="A calm voice.", **kwargs)
+
+
+def official_codes(tts, call, seed):
+    """What the official generate returns, captured at Qwen3TTSForConditionalGeneration.generate."""
+    captured = []
+    original = tts.model.generate
+
+    def spy(*args, **kwargs):
+        codes, hidden = original(*args, **kwargs)
+        captured.append(codes[0])
+        return codes, hidden
+
+    tts.model.generate = spy
+    try:
+        torch.manual_seed(seed)
+        call()
+    finally:
+        del tts.model.generate
+    return captured[0]
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "seeded-sampling"])
+@pytest.mark.parametrize("kind", ["preset", "clone", "design"])
+def test_frames_are_the_official_codes(models, clone_prompt, kind, sample):
+    tts, call = official_call(models, clone_prompt, kind, sample)
+    expected = official_codes(tts, call, seed=11)
+    frames = []
+    torch.manual_seed(11)
+    count = generate_frames(tts, call, frames.append, max_frames=FRAMES)
+    assert count == len(frames) == len(expected) > 0
+    assert torch.equal(torch.stack(frames), expected)
+
+
+def test_generation_can_stop_between_two_frames(models, clone_prompt):
+    tts, call = official_call(models, clone_prompt, "preset", False)
+    frames = []
+    with pytest.raises(GenerationStopped):
+        generate_frames(tts, call, frames.append, max_frames=FRAMES, should_stop=lambda: len(frames) >= 3)
+    assert len(frames) == 3
+
+
+def incremental(decoder, codes, schedule, context_frames):
+    inc = IncrementalDecoder(decoder, context_frames)
+    pieces, start, i = [], 0, 0
+    while start < len(codes):
+        n = schedule[min(i, len(schedule) - 1)]
+        pieces.append(inc.push(codes[start:start + n]))
+        start, i = start + n, i + 1
+    return np.concatenate(pieces)
+
+
+@pytest.mark.parametrize("frames", [37, 300])
+@pytest.mark.parametrize("schedule", [[1, 2, 4, 8, 12], [2, 4, 8], [5]], ids=str)
+def test_incremental_decode_equals_one_full_decode(models, frames, schedule):
+    speech_tokenizer = models["preset"].model.speech_tokenizer
+    codes = torch.randint(0, 2048, (frames, 16), generator=torch.Generator().manual_seed(frames))
+    full = speech_tokenizer.decode([{"audio_codes": codes}])[0][0]
+    got = incremental(speech_tokenizer.model.decoder, codes, schedule, context_frames=16)
+    assert got.shape == full.shape
+    assert np.abs(got - full).max() < 1e-4
+
+
+def test_a_too_short_convolution_tail_fails_the_same_check(models):
+    speech_tokenizer = models["preset"].model.speech_tokenizer
+    codes = torch.randint(0, 2048, (60, 16), generator=torch.Generator().manual_seed(1))
+    full = speech_tokenizer.decode([{"audio_codes": codes}])[0][0]
+    got = incremental(speech_tokenizer.model.decoder, codes, [1, 2, 4, 8], context_frames=2)
+    assert np.abs(got - full).max() > 1e-4
+
+
+def test_cloned_voice_decoder_primed_with_the_reference(models, clone_prompt):
+    speech_tokenizer = models["clone"].model.speech_tokenizer
+    reference = clone_prompt[0].ref_code
+    codes = torch.randint(0, 2048, (50, 16), generator=torch.Generator().manual_seed(2))
+    # the official path decodes reference + new codes and drops the reference's audio
+    full = speech_tokenizer.decode([{"audio_codes": torch.cat([reference, codes])}])[0][0]
+    expected = full[len(reference) * 1920:]
+    decoder = IncrementalDecoder(speech_tokenizer.model.decoder)
+    decoder.prime(reference)
+    got = np.concatenate([decoder.push(codes[i:i + 4]) for i in range(0, len(codes), 4)])
+    assert np.abs(got - expected).max() < 1e-4
+
+
+# -- over the socket -----------------------------------------------------------------------------
+
+LONG_SENTENCE = "This single sentence is long enough to take many frames of speech to say out loud."
+
+
+def engine_of(server, key="custom-voice"):
+    return server.app.manager.loaded(key)
+
+
+@pytest.mark.asyncio
+async def test_first_audio_arrives_while_later_frames_are_generated(start_tts):
+    from wyoming_qwen_tts.engine import max_frames_for
+
+    server = await start_tts("--first-chunk-frames", "1")
+    async with server.client() as client:
+        await client.write_event(Synthesize(text=LONG_SENTENCE, voice=SynthesizeVoice(name="ryan")).event())
+        events = await read_until(client, "audio-chunk", timeout=60)
+        progress_at_first_audio = engine_of(server).frames_generated
+        events += await read_until(client, "audio-stop", timeout=120)
+    total = max_frames_for(LONG_SENTENCE)
+    assert engine_of(server).frames_generated == total  # random weights run to the cap
+    assert progress_at_first_audio < total / 2, (progress_at_first_audio, total)
+    assert len([e for e in events if e.type == "audio-chunk"]) > 5
+
+
+@pytest.mark.asyncio
+async def test_disconnect_stops_generation_within_one_frame(start_tts):
+    server = await start_tts()
+    async with server.client() as client:
+        await client.write_event(Synthesize(text=LONG_SENTENCE, voice=SynthesizeVoice(name="ryan")).event())
+        await read_until(client, "audio-chunk", timeout=60)
+    at_disconnect = engine_of(server).frames_generated
+    await asyncio.sleep(2.0)  # tens of frames' time for the tiny model
+    stopped_at = engine_of(server).frames_generated
+    assert stopped_at - at_disconnect <= 2, (at_disconnect, stopped_at)
+
+
+@pytest.mark.asyncio
+async def test_whole_sentence_mode_still_available(start_tts):
+    server = await start_tts("--no-frame-streaming")
+    async with server.client() as client:
+        await client.write_event(Synthesize(text="Hello there.", voice=SynthesizeVoice(name="ryan")).event())
+        events = await read_until(client, "audio-stop", timeout=60)
+    assert engine_of(server).frames_generated == 0  # the frame path was not used
+    assert any(e.type == "audio-chunk" for e in events)
