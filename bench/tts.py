@@ -7,7 +7,7 @@ Random weights never stop on their own: they would always run to the generation 
 normal speaking rate). By default the cap is set to a realistic length (--frames-per-char 1.0, about
 what English speech gives: 12.5 frames per second at ~13 characters per second), for both alike.
 
-    script/bench tts [--shape bench|real-0.6b|tiny] [--repeats 2]
+    script/bench tts [--shape bench|real-0.6b|tiny] [--repeats 2] [--no-frame-streaming]
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ async def run(args) -> int:
 
     uri = f"unix://{workdir}/tts.sock"
     app = create_app(parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu",
-                                 "--idle-unload", "-1"]))
+                                 "--idle-unload", "-1"] + (["--no-frame-streaming"] if args.no_frame_streaming else [])))
+    print("within a sentence: " + ("whole-sentence synthesis" if args.no_frame_streaming else "frame streaming"))
     await app.manager.preload("custom-voice")
     server = await start_server(uri, app, TtsEventHandler)
 
@@ -107,6 +108,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--frames-per-char", type=float, default=1.0,
                         help="Speech length to emulate (0: the server's cap)")
+    parser.add_argument("--no-frame-streaming", action="store_true",
+                        help="Sentence-level streaming only (each sentence synthesized whole)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
