@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, List, Optional
 from wyoming.event import Event
 
 from .cli import setup_logging
-from .server import make_server, run_until_interrupted
+from .server import import_heavy_modules, make_server, run_until_interrupted
 from .zeroconf_advertiser import advertiser_from_args
 
 _LOGGER = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 class ServerKind:
     module: str  # the package run as `python -m`
     short_name: str  # "asr" or "tts": default zeroconf names
+    heavy_package: str  # what a worker imports before it listens ("qwen_asr", "qwen_tts")
     describe: Callable[[argparse.Namespace], Callable[[], Event]]  # torch-free
     serve_here: Callable[[argparse.Namespace], Awaitable[None]]  # handlers and models in this process
 
@@ -50,6 +51,7 @@ async def launch(kind: ServerKind, args: argparse.Namespace, argv: List[str]) ->
         if args.no_gateway:
             if args.worker_of is not None:
                 asyncio.create_task(_exit_with_parent(args.worker_of))
+                import_heavy_modules(kind.heavy_package)
             await kind.serve_here(args)
         else:
             await _serve_gateway(kind, args, argv)

@@ -124,3 +124,25 @@ def test_describe_path_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_tts_describe_path_stays_light_for_a_hub_model(tmp_path):
+    """The gateway's TTS describe finds a cached model's speakers without torch or huggingface_hub."""
+    repo = tmp_path / "models--Qwen--Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    (repo / "snapshots" / "rev1").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("rev1")
+    (repo / "snapshots" / "rev1" / "config.json").write_text(
+        '{"talker_config": {"spk_id": {"zed": 1}, "codec_language_id": {"english": 2}}}')
+    code = (
+        "import sys\n"
+        "from wyoming_qwen_tts.__main__ import describe, parse_args\n"
+        "from wyoming.info import Info\n"
+        f"args = parse_args(['--device', 'cpu', '--data-dir', {str(tmp_path)!r}])\n"
+        "voices = [v.name for v in Info.from_event(describe(args)()).tts[0].voices]\n"
+        "heavy = [m for m in ('torch', 'numpy', 'huggingface_hub', 'qwen_tts') if m in sys.modules]\n"
+        "print(voices, heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['zed'] []"

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from shared.cli import EnvArgumentParser, add_common_options
 from shared.launcher import ServerKind, main
-from shared.server import import_heavy_modules, serve, start_preload
+from shared.server import serve, start_preload
 
 _LOGGER = logging.getLogger("wyoming_qwen_asr")
 
@@ -70,8 +70,6 @@ async def serve_here(args: argparse.Namespace) -> None:
     from .app import create_app
     from .handler import AsrEventHandler
 
-    if args.worker_of is not None:
-        import_heavy_modules("qwen_asr")
     app = create_app(args)
     _LOGGER.info("Serving %s on %s", app.model, args.uri)
     if args.preload:
@@ -79,7 +77,7 @@ async def serve_here(args: argparse.Namespace) -> None:
     await serve(args.uri, partial(AsrEventHandler, app=app))
 
 
-KIND = ServerKind("wyoming_qwen_asr", "asr", describe, serve_here)
+KIND = ServerKind("wyoming_qwen_asr", "asr", "qwen_asr", describe, serve_here)
 
 
 def run(argv: Optional[List[str]] = None) -> None:

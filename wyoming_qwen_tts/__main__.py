@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from shared.cli import EnvArgumentParser, add_common_options
 from shared.launcher import ServerKind, main
-from shared.server import import_heavy_modules, serve, start_preload
+from shared.server import serve, start_preload
 
 _LOGGER = logging.getLogger("wyoming_qwen_tts")
 
@@ -74,8 +74,6 @@ async def serve_here(args: argparse.Namespace) -> None:
     from .handler import TtsEventHandler
     from .voices import PRESET
 
-    if args.worker_of is not None:
-        import_heavy_modules("qwen_tts")
     app = create_app(args)
     _LOGGER.info("Serving %s on %s", ", ".join(f"{k}: {m}" for k, m in app.models.items()), args.uri)
     if args.preload:
@@ -83,7 +81,7 @@ async def serve_here(args: argparse.Namespace) -> None:
     await serve(args.uri, partial(TtsEventHandler, app=app))
 
 
-KIND = ServerKind("wyoming_qwen_tts", "tts", describe, serve_here)
+KIND = ServerKind("wyoming_qwen_tts", "tts", "qwen_tts", describe, serve_here)
 
 
 def run(argv: Optional[List[str]] = None) -> None:

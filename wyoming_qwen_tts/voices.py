@@ -66,15 +66,33 @@ def read_model_config(model: str, data_dirs: Optional[Sequence[str]] = None) -> 
     if os.path.isdir(model):
         path = Path(model) / "config.json"
         return json.loads(path.read_text()) if path.exists() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
-    for cache_dir in list(data_dirs or []) + [None]:
-        found = try_to_load_from_cache(model, "config.json", cache_dir=cache_dir)
-        if isinstance(found, str):
-            return json.loads(Path(found).read_text())
+    for cache_dir in list(data_dirs or []) + [_default_hub_cache()]:
+        path = _cached_file(Path(cache_dir), model, "config.json")
+        if path is not None:
+            return json.loads(path.read_text())
     return None
+
+
+def _default_hub_cache() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+def _cached_file(cache_dir: Path, repo_id: str, filename: str) -> Optional[Path]:
+    """A file of a hub model in a Hugging Face cache (`models--org--name/snapshots/<rev>/`).
+
+    Read by hand rather than with huggingface_hub, whose import adds ~11 MiB to the gateway that
+    answers `describe`.
+    """
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    try:
+        revision = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    path = repo / "snapshots" / revision / filename
+    return path if path.is_file() else None
 
 
 def preset_voices(model: str, data_dirs: Optional[Sequence[str]] = None) -> List[Voice]:
