@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
+from official import official_transcribe  # noqa: E402
 from wyoming_helpers import read_until, send_audio, speechlike, start_server  # noqa: E402
 
 TARGET_RATIO = 0.5
@@ -37,36 +37,51 @@ async def run(args) -> int:
     from wyoming.asr import Transcribe
     from wyoming.client import AsyncClient
 
-    from wyoming_qwen_asr import engine as engine_module
-    from wyoming_qwen_asr.__main__ import parse_args
+    from wyoming_qwen_asr import model_io
     from wyoming_qwen_asr.app import create_app
-    from wyoming_qwen_asr.handler import AsrEventHandler
+    from wyoming_qwen_asr.options import parse_args
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-asr-"))
     checkpoint = args.checkpoint
     if checkpoint is None:
         started = time.monotonic()
         checkpoint = tiny_models.build_asr(workdir / "asr", shape=args.shape)
-        print(f"checkpoint: random Qwen3-ASR, shape '{args.shape}' {tiny_models.ASR_SHAPES[args.shape]} "
-              f"(built in {time.monotonic() - started:.0f} s)")
+        print(
+            f"checkpoint: random Qwen3-ASR, shape '{args.shape}' {tiny_models.ASR_SHAPES[args.shape]} "
+            f"(built in {time.monotonic() - started:.0f} s)"
+        )
     if args.tokens_per_second > 0:
-        engine_module.TOKENS_PER_SECOND = args.tokens_per_second
-        engine_module.TOKEN_MARGIN = 1
+        model_io.TOKENS_PER_SECOND = args.tokens_per_second
+        model_io.TOKEN_MARGIN = 1
         print(f"output length: {args.tokens_per_second} tokens per second of audio (emulating a trained model)")
     else:
         print("output length: the server's cap (random weights run to it)")
 
     uri = f"unix://{workdir}/asr.sock"
-    app = create_app(parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu",
-                                 "--chunk-seconds", str(args.chunk_seconds), "--idle-unload", "-1"]))
-    await app.manager.preload(app.model_key)
-    server = await start_server(uri, app, AsrEventHandler)
+    app = create_app(
+        parse_args(
+            [
+                "--uri",
+                uri,
+                "--model",
+                str(checkpoint),
+                "--device",
+                "cpu",
+                "--chunk-seconds",
+                str(args.chunk_seconds),
+                "--idle-unload",
+                "-1",
+            ]
+        )
+    )
+    await app.manager.preload(app.preload_key)
+    server = await start_server(uri, app)
     pcm = speechlike(args.seconds)
     audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
     async def batch() -> float:
         started = time.monotonic()
-        await app.manager.run(app.model_key, lambda engine: engine.transcribe_batch(audio, "", "English"))
+        await app.manager.run(app.preload_key, lambda engine: official_transcribe(engine, audio, "", "English"))
         return time.monotonic() - started
 
     async def streamed() -> tuple[float, int]:
@@ -89,12 +104,16 @@ async def run(args) -> int:
         streamed_s.append(latency)
         chunks.append(n_chunks)
         batch_s.append(await batch())
-        print(f"run {i + 1}: streamed {latency:.3f} s after audio-stop ({n_chunks} chunks), "
-              f"batch {batch_s[-1]:.3f} s, ratio {latency / batch_s[-1]:.2f}")
+        print(
+            f"run {i + 1}: streamed {latency:.3f} s after audio-stop ({n_chunks} chunks), "
+            f"batch {batch_s[-1]:.3f} s, ratio {latency / batch_s[-1]:.2f}"
+        )
     ratio = statistics.median(streamed_s) / statistics.median(batch_s)
     print(f"\n{args.seconds:g} s utterance at real-time pace, --chunk-seconds {args.chunk_seconds:g}:")
-    print(f"  streamed final latency / batch transcribe latency = {ratio:.2f} "
-          f"(medians of {args.repeats}; target <= {TARGET_RATIO})")
+    print(
+        f"  streamed final latency / batch transcribe latency = {ratio:.2f} "
+        f"(medians of {args.repeats}; target <= {TARGET_RATIO})"
+    )
     print(f"  {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
     await server.stop()
     await app.manager.close()
@@ -109,8 +128,9 @@ def main() -> int:
     parser.add_argument("--chunk-seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--debug", action="store_true", help="Log each streaming step")
-    parser.add_argument("--tokens-per-second", type=float, default=4.0,
-                        help="Output length to emulate (0: the server's cap)")
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=4.0, help="Output length to emulate (0: the server's cap)"
+    )
     args = parser.parse_args()
     import logging
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -48,8 +47,20 @@ async def start(module, args, workdir):
     uri = f"unix://{workdir}/{module}.sock"
     log = open(workdir / f"{module}.log", "wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, "--uri", uri, "--device", "cpu", "--idle-unload", "2", *args,
-        stdout=log, stderr=log, cwd=ROOT)
+        sys.executable,
+        "-m",
+        module,
+        "--uri",
+        uri,
+        "--device",
+        "cpu",
+        "--idle-unload",
+        "2",
+        *args,
+        stdout=log,
+        stderr=log,
+        cwd=ROOT,
+    )
     while True:
         try:
             client = AsyncClient.from_uri(uri)
@@ -112,15 +123,16 @@ async def measure(name, module, args, request, workdir):
     print(f"  gateway RSS, after a request:  {after_request:7.1f} MiB")
     print(f"  worker RSS, model loaded:      {worker_rss:7.1f} MiB  (gateway/worker = {idle / worker_rss:.3f})")
     print(f"  gateway RSS, after idle stop:  {after_unload:7.1f} MiB  (worker stopped: {stopped})")
-    print(f"  cold request (spawn to first result) / warm request = {cold:.2f} s / {warm:.2f} s "
-          f"= {cold / warm:.0f}x")
+    print(f"  cold request (spawn to first result) / warm request = {cold:.2f} s / {warm:.2f} s = {cold / warm:.0f}x")
     return max(idle, after_request, after_unload) <= GATEWAY_TARGET_MIB and stopped
 
 
 async def run(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    print(f"checkpoints: random, shape '{args.shape}' (ASR {tiny_models.ASR_SHAPES[args.shape]}, "
-          f"TTS {tiny_models.TTS_SHAPES[args.shape]})")
+    print(
+        f"checkpoints: random, shape '{args.shape}' (ASR {tiny_models.ASR_SHAPES[args.shape]}, "
+        f"TTS {tiny_models.TTS_SHAPES[args.shape]})"
+    )
     asr = tiny_models.build_asr(workdir / "asr", shape=args.shape)
     tts = tiny_models.build_tts(workdir / "tts", shape=args.shape)
     ok = await measure("speech-to-text", "wyoming_qwen_asr", ["--model", str(asr)], asr_request, workdir)

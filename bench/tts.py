@@ -28,7 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import tiny_models  # noqa: E402  (sets the offline environment)
 from wyoming_helpers import start_server  # noqa: E402
 
-TEXT = "The lights in the kitchen are off now. The front door is locked for the night. Sleep well and see you all tomorrow."
+TEXT = (
+    "The lights in the kitchen are off now. The front door is locked for the night. "
+    "Sleep well and see you all tomorrow."
+)
 TARGET_STREAMED = 0.4
 
 
@@ -37,15 +40,16 @@ async def run(args) -> int:
     from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
 
     from wyoming_qwen_tts import engine as engine_module
-    from wyoming_qwen_tts.__main__ import parse_args
     from wyoming_qwen_tts.app import create_app
-    from wyoming_qwen_tts.handler import TtsEventHandler
+    from wyoming_qwen_tts.options import parse_args
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-tts-"))
     started = time.monotonic()
     checkpoint = tiny_models.build_tts(workdir / "custom-voice", shape=args.shape)
-    print(f"checkpoint: random Qwen3-TTS CustomVoice, shape '{args.shape}' {tiny_models.TTS_SHAPES[args.shape]} "
-          f"(built in {time.monotonic() - started:.0f} s)")
+    print(
+        f"checkpoint: random Qwen3-TTS CustomVoice, shape '{args.shape}' {tiny_models.TTS_SHAPES[args.shape]} "
+        f"(built in {time.monotonic() - started:.0f} s)"
+    )
     if args.frames_per_char > 0:
         engine_module.FRAMES_PER_CHAR = args.frames_per_char
         engine_module.FRAMES_PER_WIDE_CHAR = args.frames_per_char
@@ -53,11 +57,15 @@ async def run(args) -> int:
         print(f"speech length: {args.frames_per_char} frames per character (emulating a trained model)")
 
     uri = f"unix://{workdir}/tts.sock"
-    app = create_app(parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu",
-                                 "--idle-unload", "-1"] + (["--no-frame-streaming"] if args.no_frame_streaming else [])))
+    app = create_app(
+        parse_args(
+            ["--uri", uri, "--model", str(checkpoint), "--device", "cpu", "--idle-unload", "-1"]
+            + (["--no-frame-streaming"] if args.no_frame_streaming else [])
+        )
+    )
     print("within a sentence: " + ("whole-sentence synthesis" if args.no_frame_streaming else "frame streaming"))
     await app.manager.preload("custom-voice")
-    server = await start_server(uri, app, TtsEventHandler)
+    server = await start_server(uri, app)
 
     async def measure(send) -> tuple[float, float]:
         async with AsyncClient.from_uri(uri) as client:
@@ -106,10 +114,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="bench", choices=sorted(tiny_models.TTS_SHAPES))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--frames-per-char", type=float, default=1.0,
-                        help="Speech length to emulate (0: the server's cap)")
-    parser.add_argument("--no-frame-streaming", action="store_true",
-                        help="Sentence-level streaming only (each sentence synthesized whole)")
+    parser.add_argument(
+        "--frames-per-char", type=float, default=1.0, help="Speech length to emulate (0: the server's cap)"
+    )
+    parser.add_argument(
+        "--no-frame-streaming",
+        action="store_true",
+        help="Sentence-level streaming only (each sentence synthesized whole)",
+    )
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")

@@ -26,9 +26,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import tiny_models  # noqa: E402
 from wyoming_helpers import read_until, start_server  # noqa: E402
 
-SENTENCE = ("Tomorrow morning the weather will be cloudy with a little rain in the north, temperatures "
-            "around twelve degrees and a light wind from the west, so take a jacket and an umbrella "
-            "when you go out in the afternoon.")
+SENTENCE = (
+    "Tomorrow morning the weather will be cloudy with a little rain in the north, temperatures "
+    "around twelve degrees and a light wind from the west, so take a jacket and an umbrella "
+    "when you go out in the afternoon."
+)
 TARGET_FIRST = 0.10
 TARGET_OVERHEAD = 1.10
 SEED = 1234
@@ -40,9 +42,8 @@ async def run(args) -> int:
     from wyoming.tts import Synthesize, SynthesizeVoice
 
     from wyoming_qwen_tts import engine as engine_module
-    from wyoming_qwen_tts.__main__ import parse_args
     from wyoming_qwen_tts.app import create_app
-    from wyoming_qwen_tts.handler import TtsEventHandler
+    from wyoming_qwen_tts.options import parse_args
 
     engine_module.FRAMES_PER_CHAR = engine_module.FRAMES_PER_WIDE_CHAR = args.frames_per_char
     engine_module.FRAME_MARGIN = 0
@@ -50,15 +51,18 @@ async def run(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-tts-frames-"))
     started = time.monotonic()
     checkpoint = tiny_models.build_tts(workdir / "custom-voice", shape=args.shape)
-    print(f"checkpoint: random Qwen3-TTS CustomVoice, shape '{args.shape}' (built in {time.monotonic() - started:.0f} s)")
+    print(
+        f"checkpoint: random Qwen3-TTS CustomVoice, shape '{args.shape}' (built in {time.monotonic() - started:.0f} s)"
+    )
     print(f"sentence: {len(SENTENCE)} characters -> {frames} frames = {frames / 12.5:.1f} s of speech")
 
     servers = {}
     for name, extra in (("frame streaming", []), ("whole sentence", ["--no-frame-streaming"])):
         uri = f"unix://{workdir}/{len(servers)}.sock"
-        app = create_app(parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu",
-                                     "--idle-unload", "-1", *extra]))
-        servers[name] = (app, await start_server(uri, app, TtsEventHandler), uri)
+        app = create_app(
+            parse_args(["--uri", uri, "--model", str(checkpoint), "--device", "cpu", "--idle-unload", "-1", *extra])
+        )
+        servers[name] = (app, await start_server(uri, app), uri)
     shared_app = servers["frame streaming"][0]
     await shared_app.manager.preload("custom-voice")
     engine = shared_app.manager.loaded("custom-voice")
@@ -78,8 +82,7 @@ async def run(args) -> int:
         def call(_engine):
             torch.manual_seed(SEED)
             begin = time.monotonic()
-            engine.tts.generate_custom_voice(text=SENTENCE, speaker="ryan", language="auto",
-                                             max_new_tokens=frames + 1)
+            engine.tts.generate_custom_voice(text=SENTENCE, speaker="ryan", language="auto", max_new_tokens=frames + 1)
             return time.monotonic() - begin
 
         return await shared_app.manager.run("custom-voice", call)
@@ -92,8 +95,10 @@ async def run(args) -> int:
         results["whole sentence"].append(w_first / w_total)
         stock_s = await stock()
         results["overhead"].append(total / stock_s)
-        print(f"run {i + 1}: frame streaming first {first:.2f} s / total {total:.2f} s; whole sentence first "
-              f"{w_first:.2f} s / total {w_total:.2f} s; stock generate_custom_voice {stock_s:.2f} s")
+        print(
+            f"run {i + 1}: frame streaming first {first:.2f} s / total {total:.2f} s; whole sentence first "
+            f"{w_first:.2f} s / total {w_total:.2f} s; stock generate_custom_voice {stock_s:.2f} s"
+        )
     first_ratio = statistics.median(results["frame streaming"])
     overhead = statistics.median(results["overhead"])
     print(f"\nmedians of {args.repeats}:")

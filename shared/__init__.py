@@ -1,7 +1,13 @@
 """Code shared by the wyoming-qwen speech-to-text and text-to-speech servers.
 
-Nothing imported from this package at start-up may import torch, numpy or the Qwen packages:
-`describe` and the gateway must stay light. Heavy imports happen inside the functions that load models.
+The modules the gateway imports (cli, launcher, gateway, supervisor, hub_cache, languages and the
+servers' `info`) import neither torch, numpy nor the Qwen packages: `describe` and the gateway stay
+light. The modules a worker uses import them where models load (`audio` uses numpy).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("wyoming-qwen")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -16,4 +16,4 @@ def float_to_pcm16(audio: np.ndarray) -> bytes:
 def chunks(pcm: bytes, samples_per_chunk: int, width: int = 2) -> Iterator[bytes]:
     step = max(1, samples_per_chunk) * width
     for start in range(0, len(pcm), step):
-        yield pcm[start:start + step]
+        yield pcm[start : start + step]

@@ -46,7 +46,6 @@ class EnvArgumentParser(argparse.ArgumentParser):
                 kwargs["help"] = f"{help_text} [env {name}]".strip()
         return super().add_argument(*flags, **kwargs)
 
-
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         namespace, extras = super().parse_known_args(args, namespace)
         for dest, value in self._append_defaults.items():
@@ -70,6 +69,15 @@ def _from_env(raw: str, kwargs: dict[str, Any]) -> Any:
         return kwargs.get("const")
     convert = kwargs.get("type")
     return convert(raw) if convert else raw
+
+
+def server_parser(kind: str, default_port: int, description: str, model_help: str) -> EnvArgumentParser:
+    """The parser of `wyoming-qwen-<kind>` with the options every server has; options read
+    `QWEN_<KIND>_<OPTION>` from the environment."""
+    parser = EnvArgumentParser(prog=f"wyoming-qwen-{kind}", description=description, env_prefix=f"QWEN_{kind.upper()}_")
+    add_common_options(parser, default_port=default_port)
+    parser.add_argument("--model", default="auto", help=model_help)
+    return parser
 
 
 def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
@@ -138,15 +146,14 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
     # set by the gateway for the worker process it starts: the gateway's PID
     parser.add_argument("--worker-of", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", help="Log DEBUG messages")
-    parser.add_argument(
-        "--log-format", default=logging.BASIC_FORMAT, help="Format of log messages (Python logging)"
-    )
+    parser.add_argument("--log-format", default=logging.BASIC_FORMAT, help="Format of log messages (Python logging)")
     parser.add_argument("--version", action="version", version=__version__)
 
 
 def setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
     if not args.debug:
-        # transformers and the hub are chatty at INFO; their warnings still show
+        # the HTTP and file-lock libraries under the hub download log every request at INFO; their
+        # warnings still show
         for name in ("httpx", "urllib3", "filelock"):
             logging.getLogger(name).setLevel(logging.WARNING)

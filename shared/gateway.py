@@ -4,6 +4,10 @@ It owns the listener and answers `describe` itself, so discovery and Home Assist
 describe never wait on a model. On a connection's first other event it makes sure a worker runs, then
 relays events both ways unchanged. With no relayed connection for `--idle-unload` seconds it stops
 the worker, which hands back every byte the model, torch and CUDA held.
+
+The relay knows no protocol of its own. Each server kind gives it a `ReplyTracker` that says, from the
+event types passing by, when the client waits for the worker's answer and when that answer is complete;
+the request timeout runs only in between.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, FrozenSet, Optional, Set
 
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
@@ -25,9 +29,23 @@ from .supervisor import WorkerSupervisor, WorkerUnavailable
 _LOGGER = logging.getLogger(__name__)
 
 
-# client events after which the client waits for the worker's answer
-_INPUT_DONE = {"audio-stop", "synthesize", "synthesize-stop", "describe", "ping"}
-_REPLY_DONE = {"transcript-stop", "synthesize-stopped", "error", "info", "pong"}
+class ReplyTracker:
+    """Follows one relayed connection: does the client wait for an answer from the worker now?
+
+    This base knows the events every Wyoming server answers; a server kind adds its own protocol's by
+    extending the two sets, or by overriding the two methods where the answer depends on state.
+    """
+
+    waits_after: FrozenSet[str] = frozenset({"describe", "ping"})  # client events that ask for an answer
+    completed_by: FrozenSet[str] = frozenset({"info", "pong", "error"})  # worker events that end it
+
+    def client_sent(self, event_type: str) -> bool:
+        """True when the client now waits for the worker."""
+        return event_type in self.waits_after
+
+    def worker_sent(self, event_type: str) -> bool:
+        """True when this event completes the answer the client waited for."""
+        return event_type in self.completed_by
 
 
 class Gateway:
@@ -37,14 +55,17 @@ class Gateway:
         describe: Callable[[], Event],
         idle_unload: float,
         request_timeout: float,
+        new_tracker: Callable[[], ReplyTracker] = ReplyTracker,
     ) -> None:
         self.supervisor = supervisor
         self.describe = describe
+        self.new_tracker = new_tracker
         self.idle_unload = idle_unload
         self.request_timeout = request_timeout
         self._relays = 0
         self._idle_timer: Optional[asyncio.TimerHandle] = None
         self._last_relay_end = time.monotonic()
+        self._tasks: Set[asyncio.Task] = set()
 
     def handler_factory(self, reader, writer) -> "GatewayHandler":
         return GatewayHandler(reader, writer, self)
@@ -62,9 +83,7 @@ class Gateway:
         self._last_relay_end = time.monotonic()
         if self._relays == 0 and self.idle_unload >= 0:
             loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(
-                self.idle_unload, lambda: loop.create_task(self._stop_if_idle())
-            )
+            self._idle_timer = loop.call_later(self.idle_unload, lambda: loop.create_task(self._stop_if_idle()))
 
     async def _stop_if_idle(self) -> None:
         self._idle_timer = None
@@ -73,6 +92,11 @@ class Gateway:
             await self.supervisor.stop(
                 f"no connection for {idle:.1f} s (--idle-unload {self.idle_unload:g}); handing back its memory"
             )
+
+    def check_health_soon(self) -> None:
+        task = asyncio.create_task(self.check_health())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def check_health(self) -> None:
         """After a request timed out: a worker whose inference thread answers no probe is restarted."""
@@ -91,7 +115,6 @@ class Gateway:
             await self.supervisor.kill(
                 f"its inference thread did not answer a probe within {self.request_timeout:.0f} s"
             )
-
 
     async def _probe(self) -> bool:
         reader, writer = await self.supervisor.connect()
@@ -115,7 +138,7 @@ class GatewayHandler(AsyncEventHandler):
         self._pump: Optional[asyncio.Task] = None
         self._watchdog: Optional[asyncio.Task] = None
         self._waiting_since: Optional[float] = None  # the client waits for the worker since then
-        self._in_stream = False
+        self._replies = gateway.new_tracker()
         self._lock = asyncio.Lock()
 
     async def write_event(self, event: Event) -> None:
@@ -132,9 +155,7 @@ class GatewayHandler(AsyncEventHandler):
             except (WorkerUnavailable, OSError) as err:
                 await self.write_event(Error(text=str(err), code="worker-unavailable").event())
                 return True
-        if event.type == "synthesize-start":
-            self._in_stream = True
-        if event.type in _INPUT_DONE and not (event.type == "synthesize" and self._in_stream):
+        if self._replies.client_sent(event.type):
             self._waiting_since = time.monotonic()
         try:
             await async_write_event(event, self._worker[1])
@@ -174,10 +195,8 @@ class GatewayHandler(AsyncEventHandler):
                 return
             if self._waiting_since is not None:
                 self._waiting_since = time.monotonic()  # progress resets the clock
-            if event.type in _REPLY_DONE or (event.type == "audio-stop" and not self._in_stream):
+            if self._replies.worker_sent(event.type):
                 self._waiting_since = None
-            if event.type == "synthesize-stopped":
-                self._in_stream = False
             await self.write_event(event)
 
     async def _worker_lost(self) -> None:
@@ -187,14 +206,11 @@ class GatewayHandler(AsyncEventHandler):
         await asyncio.sleep(0.05)  # let the supervisor see the exit code
         process = self.gateway.supervisor.process
         code = process.returncode if process is not None else None
-        with contextlib.suppress(Exception):
-            await self.write_event(Error(
-                text=f"The speech worker process stopped (exit code {code}) and this request was lost; "
-                "the next request starts a new one.",
-                code="worker-died",
-            ).event())
-        await self._close_relay()
-        await self.stop()
+        await self._give_up(
+            f"The speech worker process stopped (exit code {code}) and this request was lost; "
+            "the next request starts a new one.",
+            "worker-died",
+        )
 
     async def _watch_time(self) -> None:
         timeout = self.gateway.request_timeout
@@ -204,14 +220,17 @@ class GatewayHandler(AsyncEventHandler):
             if since is None or time.monotonic() - since < timeout:
                 continue
             _LOGGER.error("Request timed out: no answer from the worker for %.0f s", timeout)
-            with contextlib.suppress(Exception):
-                await self.write_event(Error(
-                    text=f"The server gave no answer for {timeout:.0f} s (--request-timeout) and the request "
-                    "was abandoned.",
-                    code="timeout",
-                ).event())
             self._waiting_since = None
-            asyncio.create_task(self.gateway.check_health())
-            await self._close_relay()
-            await self.stop()
+            self.gateway.check_health_soon()
+            await self._give_up(
+                f"The server gave no answer for {timeout:.0f} s (--request-timeout) and the request was abandoned.",
+                "timeout",
+            )
             return
+
+    async def _give_up(self, text: str, code: str) -> None:
+        """Tell the client why its request ends (if it still listens), then close both sides."""
+        with contextlib.suppress(Exception):
+            await self.write_event(Error(text=text, code=code).event())
+        await self._close_relay()
+        await self.stop()

@@ -1,4 +1,4 @@
-"""Start-up shared by both servers: the gateway (default), or the server itself with `--no-gateway`.
+"""Process start-up shared by both servers: the gateway (default), or the server itself with `--no-gateway`.
 
 With the gateway, the process the user starts stays light; the models live in a worker process that
 it starts on demand and stops when idle. `--no-gateway` serves in this process, exactly as the worker
@@ -10,49 +10,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from wyoming.event import Event
 
 from .cli import setup_logging
-from .server import import_heavy_modules, make_server, run_until_interrupted
 from .zeroconf_advertiser import advertiser_from_args
+
+if TYPE_CHECKING:
+    from .gateway import ReplyTracker
+    from .server import ServedApp
 
 _LOGGER = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerKind:
-    module: str  # the package run as `python -m`
-    short_name: str  # "asr" or "tts": default zeroconf names
-    heavy_package: str  # what a worker imports before it listens ("qwen_asr", "qwen_tts")
-    describe: Callable[[argparse.Namespace], Callable[[], Event]]  # torch-free
-    serve_here: Callable[[argparse.Namespace], Awaitable[None]]  # handlers and models in this process
+    """What the shared start-up, gateway and serving code need to know of one server."""
+
+    package: str  # the package a worker runs ("wyoming_qwen_asr")
+    heavy_package: str  # what a worker imports before it listens ("qwen_asr")
+    parse_args: Callable[[Sequence[str]], argparse.Namespace]
+    describer: Callable[[argparse.Namespace], Callable[[], Event]]  # torch-free: the gateway uses it
+    create_app: Callable[[argparse.Namespace], "ServedApp"]  # loads no model
+    reply_tracker: Callable[[], "ReplyTracker"]  # the gateway's view of this protocol
+
+    @property
+    def name(self) -> str:
+        """ "asr" or "tts": log and default zeroconf names."""
+        return self.package.rsplit("_", 1)[-1]
 
 
-def main(kind: "ServerKind", parse_args: Callable[[List[str]], argparse.Namespace],
-         argv: Optional[List[str]] = None) -> None:
+def main(kind: ServerKind, argv: Optional[List[str]] = None) -> None:
     """Console-script entry point of both servers."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    args = kind.parse_args(argv)
     setup_logging(args)
-    run_until_interrupted(lambda: launch(kind, args, argv))
+    try:
+        asyncio.run(launch(kind, args, argv))
+    except KeyboardInterrupt:
+        pass
 
 
 async def launch(kind: ServerKind, args: argparse.Namespace, argv: List[str]) -> None:
-    advertiser = advertiser_from_args(args, kind.short_name) if args.worker_of is None else None
+    advertiser = advertiser_from_args(args, kind.name) if args.worker_of is None else None
     if advertiser is not None:
         await advertiser.start()
     try:
         if args.no_gateway:
-            if args.worker_of is not None:
-                asyncio.create_task(_exit_with_parent(args.worker_of))
-                import_heavy_modules(kind.heavy_package)
-            await kind.serve_here(args)
+            await _serve_here(kind, args)
         else:
             await _serve_gateway(kind, args, argv)
     finally:
@@ -60,20 +72,51 @@ async def launch(kind: ServerKind, args: argparse.Namespace, argv: List[str]) ->
             await advertiser.stop()
 
 
+async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
+    from .server import serve_app
+
+    parent_watch = None
+    if args.worker_of is not None:
+        parent_watch = asyncio.create_task(_exit_with_parent(args.worker_of))
+        _import_heavy_modules(kind.heavy_package)
+    try:
+        await serve_app(kind.create_app(args), args)
+    finally:
+        if parent_watch is not None:
+            parent_watch.cancel()
+
+
 async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[str]) -> None:
     from .gateway import Gateway
+    from .server import make_server
     from .supervisor import WorkerSupervisor
 
-    supervisor = WorkerSupervisor(kind.module, argv)
-    gateway = Gateway(supervisor, kind.describe(args), args.idle_unload, args.request_timeout)
+    supervisor = WorkerSupervisor(kind.package, argv)
+    gateway = Gateway(supervisor, kind.describer(args), args.idle_unload, args.request_timeout, kind.reply_tracker)
     server = make_server(args.uri)
-    if args.preload:
-        asyncio.create_task(supervisor.start())
+    preload = asyncio.create_task(supervisor.start()) if args.preload else None
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
         await server.run(gateway.handler_factory)
     finally:
+        if preload is not None:
+            preload.cancel()
         await supervisor.stop("the gateway is shutting down")
+
+
+def _import_heavy_modules(package: str) -> None:
+    """A worker imports torch and the Qwen package before it listens, and logs how long that took
+    (the gateway logs spawn-to-ready; the model load is logged when it happens)."""
+    started = time.monotonic()
+    importlib.import_module("torch")
+    torch_done = time.monotonic()
+    importlib.import_module(package)
+    _LOGGER.info(
+        "Worker imported torch in %.2f s and %s in %.2f s",
+        torch_done - started,
+        package,
+        time.monotonic() - torch_done,
+    )
 
 
 async def _exit_with_parent(parent_pid: int) -> None:

@@ -3,6 +3,10 @@
 A server registers each model it may need under a key with a loader. The first request that uses a key
 loads it; a key nobody has used for its idle time is unloaded and its memory given back. The manager
 knows nothing of ASR or TTS: what a model is and how it is served stays with each server's engine.
+
+Behind the gateway, the gateway alone decides when the last model goes: it stops the whole worker,
+which is the only way to hand back torch's and CUDA's own memory too. A worker's manager therefore
+keeps its last loaded model (`keep_last_loaded`) and unloads only the others on their own timers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, Optional, TypeVar
 
+from .backoff import Backoff
 from .devices import free_accelerator_memory
 from .inference import InferenceThread, Priority
 
@@ -32,15 +37,7 @@ class _Slot:
     loads: int = 0
     unloads: int = 0
     timer: Optional[asyncio.TimerHandle] = None
-    failures: int = 0
-    retry_at: float = 0.0
-    last_error: str = ""
-
-
-# After a failed load, the next attempt waits 10 s, doubling per failure up to 5 minutes; meanwhile
-# requests are refused at once with the reason, instead of each waiting for another failing load.
-BACKOFF_FIRST = 10.0
-BACKOFF_MAX = 300.0
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 class ModelUnavailable(RuntimeError):
@@ -52,11 +49,15 @@ class ModelManager:
 
     idle_unload: -1 never unloads, 0 unloads as soon as the last user is done.
     max_loaded: at most this many models at once (0: no limit); the least recently used idle one goes.
+    keep_last_loaded: idle timers never unload the only model still loaded (a worker behind the gateway).
     """
 
-    def __init__(self, inference: Optional[InferenceThread] = None, max_loaded: int = 0) -> None:
+    def __init__(
+        self, inference: Optional[InferenceThread] = None, max_loaded: int = 0, keep_last_loaded: bool = False
+    ) -> None:
         self.inference = inference or InferenceThread()
         self.max_loaded = max_loaded
+        self.keep_last_loaded = keep_last_loaded
         self._slots: Dict[str, _Slot] = {}
 
     def register(self, key: str, loader: Callable[[], Any], idle_unload: float) -> None:
@@ -94,9 +95,7 @@ class ModelManager:
             if slot.users == 0:
                 self._schedule_idle_unload(slot)
 
-    async def run(
-        self, key: str, fn: Callable[[Any], T], priority: Priority = Priority.REALTIME
-    ) -> T:
+    async def run(self, key: str, fn: Callable[[Any], T], priority: Priority = Priority.REALTIME) -> T:
         """Run `fn(model)` on the inference thread, loading the model first if needed."""
         slot = self._slots[key]
 
@@ -111,6 +110,12 @@ class ModelManager:
     async def preload(self, key: str) -> None:
         await self.run(key, lambda _model: None)
         self._schedule_idle_unload(self._slots[key])
+
+    def preload_in_background(self, key: str) -> "asyncio.Task":
+        """`--preload`: load while the server already answers `describe`; a failure is logged."""
+        task = asyncio.create_task(self.preload(key))
+        task.add_done_callback(_log_preload_failure)
+        return task
 
     async def unload(self, key: str, reason: str) -> None:
         slot = self._slots[key]
@@ -134,23 +139,22 @@ class ModelManager:
                 victim = min(idle, key=lambda s: s.last_used)
                 self._unload(victim, f"--max-loaded-models {self.max_loaded} reached, {slot.key} needed")
                 loaded.remove(victim)
-        now = time.monotonic()
-        if slot.failures and now < slot.retry_at:
+        backoff = slot.backoff
+        if backoff.wait_left():
             raise ModelUnavailable(
-                f"Model {slot.key} is not available: loading it failed {slot.failures} time(s), last with "
-                f"{slot.last_error.rstrip('.')}; next attempt in {slot.retry_at - now:.0f} s"
+                f"Model {slot.key} is not available: loading it failed {backoff.failures} time(s), last with "
+                f"{backoff.last_error.rstrip('.')}; next attempt in {backoff.wait_left():.0f} s"
             )
         _LOGGER.info("Loading model %s", slot.key)
+        now = time.monotonic()
         try:
             slot.model = slot.loader()
         except Exception as err:
-            slot.failures += 1
-            delay = min(BACKOFF_FIRST * 2 ** (slot.failures - 1), BACKOFF_MAX)
-            slot.retry_at = time.monotonic() + delay
-            slot.last_error = f"{type(err).__name__}: {err}"
-            _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, slot.last_error, delay)
+            why = f"{type(err).__name__}: {err}"
+            delay = backoff.failed(why)
+            _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, why, delay)
             raise
-        slot.failures = 0
+        backoff.succeeded()
         slot.loads += 1
         _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - now)
 
@@ -170,21 +174,28 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         if slot.timer is not None:
             slot.timer.cancel()
-        slot.timer = loop.call_later(
-            max(slot.idle_unload, 0.0), lambda: loop.create_task(self._unload_if_idle(slot))
-        )
+        slot.timer = loop.call_later(max(slot.idle_unload, 0.0), lambda: loop.create_task(self._unload_if_idle(slot)))
 
     async def _unload_if_idle(self, slot: _Slot) -> None:
         slot.timer = None
         if slot.users > 0 or slot.model is None:
             return
         idle_for = time.monotonic() - slot.last_used
-        await self.inference.run(
-            lambda: self._unload(slot, f"idle for {idle_for:.1f} s, --idle-unload {slot.idle_unload:g}")
-            if slot.users == 0
-            else None,
-            Priority.BULK,
-        )
+
+        def unload() -> None:
+            if slot.users > 0:
+                return
+            if self.keep_last_loaded and not any(s.model is not None for s in self._slots.values() if s is not slot):
+                _LOGGER.debug("Keeping %s: the last loaded model goes with the worker", slot.key)
+                return
+            self._unload(slot, f"idle for {idle_for:.1f} s, --idle-unload {slot.idle_unload:g}")
+
+        await self.inference.run(unload, Priority.BULK)
+
+
+def _log_preload_failure(task: "asyncio.Task") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("Preloading the model failed: %s", task.exception())
 
 
 @dataclass

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .hub_cache import default_hub_cache, find_cached
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -23,45 +25,36 @@ def resolve_model(
 ) -> Path:
     """Return a local directory holding `model`, a hub id (`Qwen/Qwen3-ASR-0.6B`) or a directory.
 
-    The data dirs are searched first (each as a Hugging Face cache). A missing model is downloaded
-    into the first data dir (or the default Hugging Face cache), with its progress in the log.
+    The data dirs are searched first (each as a Hugging Face cache), then the default cache. A missing
+    model is downloaded into the first data dir (or the default cache), with its progress in the log.
     """
     if os.path.isdir(model):
         return Path(model)
     if "/" not in model or model.startswith((".", "/")):
         raise ModelNotAvailable(f"Model directory {model!r} does not exist")
 
+    dirs = list(data_dirs or [])
+    cached = find_cached(model, dirs)
+    if cached is not None:
+        return cached
+    if local_files_only:
+        where = ", ".join([*dirs, str(default_hub_cache())])
+        raise ModelNotAvailable(
+            f"{model} is not in {where} and --local-files-only forbids downloading it. "
+            f"Download it once without --local-files-only, or point --model at its directory."
+        )
+
     from huggingface_hub import snapshot_download
 
-    dirs = list(data_dirs or [])
-    for data_dir in dirs:
-        try:
-            return Path(snapshot_download(model, cache_dir=data_dir, local_files_only=True))
-        except Exception:  # not in this cache
-            continue
-    if local_files_only:
-        try:
-            return Path(snapshot_download(model, local_files_only=True))
-        except Exception as err:
-            where = ", ".join(dirs) or "the Hugging Face cache"
-            raise ModelNotAvailable(
-                f"{model} is not in {where} and --local-files-only forbids downloading it. "
-                f"Download it once without --local-files-only, or point --model at its directory."
-            ) from err
-
-    cache_dir = dirs[0] if dirs else None
-    _LOGGER.info("Downloading %s into %s", model, cache_dir or "the Hugging Face cache")
+    cache_dir = dirs[0] if dirs else str(default_hub_cache())
+    _LOGGER.info("Downloading %s into %s", model, cache_dir)
     started = time.monotonic()
     try:
-        path = Path(
-            snapshot_download(model, cache_dir=cache_dir, tqdm_class=_progress_logger(model))
-        )
+        path = Path(snapshot_download(model, cache_dir=cache_dir, tqdm_class=_progress_logger(model)))
     except Exception as err:
         raise ModelNotAvailable(f"Could not download {model}: {err}") from err
     size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-    _LOGGER.info(
-        "Downloaded %s (%.0f MB) in %.1f s", model, size_mb, time.monotonic() - started
-    )
+    _LOGGER.info("Downloaded %s (%.0f MB) in %.1f s", model, size_mb, time.monotonic() - started)
     return path
 
 

@@ -1,15 +1,55 @@
-"""Starting the Wyoming listener."""
+"""Serving in this process (`--no-gateway`, and every worker): the app's parts, and the listener.
+
+An app is what one server process serves: a model manager, the `describe` answer and a handler per
+connection. Each server builds its own app; the pieces that are the same for both are here.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import logging
 import os
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from wyoming.server import AsyncServer, HandlerFactory
+from wyoming.event import Event
+from wyoming.server import AsyncEventHandler, AsyncServer
+
+from .model_manager import ModelManager
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ServedApp(Protocol):
+    manager: ModelManager
+    preload_key: str  # the model `--preload` loads
+    summary: str  # what is served, for the log
+
+    def describe(self) -> Event: ...
+
+    def handler(self, reader, writer) -> AsyncEventHandler: ...
+
+
+def new_manager(args: argparse.Namespace) -> ModelManager:
+    """A worker keeps its last model loaded: its gateway stops the whole worker when idle."""
+    return ModelManager(max_loaded=args.max_loaded_models, keep_last_loaded=args.worker_of is not None)
+
+
+def model_loader(model: str, args: argparse.Namespace, load_engine: Callable[[Path, str, Any], T]) -> Callable[[], T]:
+    """The loader the model manager runs (on the inference thread): find or download `model`, pick
+    the device and dtype from the options, then `load_engine(path, device, dtype)`."""
+
+    def load() -> T:
+        from .devices import resolve_device, resolve_dtype
+        from .model_store import resolve_model
+
+        path = resolve_model(model, args.data_dir, args.local_files_only)
+        device = resolve_device(args.device)
+        return load_engine(path, device, resolve_dtype(args.dtype, device))
+
+    return load
 
 
 def make_server(uri: str) -> AsyncServer:
@@ -19,42 +59,10 @@ def make_server(uri: str) -> AsyncServer:
     return AsyncServer.from_uri(uri)
 
 
-async def serve(uri: str, handler_factory: HandlerFactory) -> None:
-    server = make_server(uri)
-    _LOGGER.info("Ready on %s", uri)
-    await server.run(handler_factory)
-
-
-def start_preload(manager, key: str) -> "asyncio.Task":
-    """Load a model in the background while the server already answers `describe`."""
-    task = asyncio.create_task(manager.preload(key))
-    task.add_done_callback(_log_preload_failure)
-    return task
-
-
-def _log_preload_failure(task: "asyncio.Task") -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _LOGGER.error("Preloading the model failed: %s", task.exception())
-
-
-def run_until_interrupted(main) -> None:
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-
-
-def import_heavy_modules(package: str) -> None:
-    """A worker imports torch and the Qwen package before it listens, and logs how long that took
-    (the gateway logs spawn-to-ready; the model load is logged when it happens)."""
-    import importlib
-    import time
-
-    started = time.monotonic()
-    importlib.import_module("torch")
-    torch_done = time.monotonic()
-    importlib.import_module(package)
-    _LOGGER.info(
-        "Worker imported torch in %.2f s and %s in %.2f s",
-        torch_done - started, package, time.monotonic() - torch_done,
-    )
+async def serve_app(app: ServedApp, args: argparse.Namespace) -> None:
+    _LOGGER.info("Serving %s on %s", app.summary, args.uri)
+    if args.preload:
+        app.manager.preload_in_background(app.preload_key)
+    server = make_server(args.uri)
+    _LOGGER.info("Ready on %s", args.uri)
+    await server.run(app.handler)

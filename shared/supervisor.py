@@ -3,6 +3,10 @@
 The worker is the very same server run with `--no-gateway` on a private unix socket, started with
 the interpreter (a fresh process, never a fork of one that may hold CUDA). Ending it is the only way
 to hand back all memory: the model, torch's own few hundred MiB and the CUDA context.
+
+The worker imports our packages from where the gateway found them, before anything else: a `shared/`
+folder or a `shared.py` in the user's working directory (or on PYTHONPATH) would otherwise replace ours
+in the worker only, so `describe` would work and every real request would fail.
 """
 
 from __future__ import annotations
@@ -17,12 +21,36 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from .backoff import Backoff
+
 _LOGGER = logging.getLogger(__name__)
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
-# Start-up failures (a worker that exits before it listens) back off like model loads do
-BACKOFF_FIRST = 10.0
-BACKOFF_MAX = 300.0
+
+# `python -c` puts the working directory first on sys.path: drop it, import our packages from the
+# directory given (ahead of PYTHONPATH too), then take that directory out again so that every other
+# import resolves as usual. Submodules are then found through the packages' own __path__.
+_WORKER_BOOTSTRAP = """\
+import runpy, sys
+if sys.path and sys.path[0] in ('', '.'):
+    del sys.path[0]
+root, module = sys.argv.pop(1), sys.argv.pop(1)
+sys.path.insert(0, root)
+import shared, importlib
+importlib.import_module(module)
+sys.path.remove(root)
+sys.argv[0] = module
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+"""
+
+
+def package_root() -> str:
+    """The directory holding our packages, as this (the gateway's) process imported them."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def worker_command(module: str, argv: List[str]) -> List[str]:
+    return [sys.executable, "-c", _WORKER_BOOTSTRAP, package_root(), module, *argv]
 
 
 class WorkerUnavailable(RuntimeError):
@@ -40,9 +68,7 @@ class WorkerSupervisor:
         self._ready = False
         self._lock = asyncio.Lock()
         self._stopping = False
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_failure = ""
+        self._backoff = Backoff()  # start-up failures (a worker that exits before it listens)
         self.spawns = 0
 
     @property
@@ -93,15 +119,17 @@ class WorkerSupervisor:
             await process.wait()
 
     async def _start(self) -> None:
-        now = time.monotonic()
-        if self._failures and now < self._retry_at:
+        backoff = self._backoff
+        if backoff.wait_left():
             raise WorkerUnavailable(
-                f"The worker process failed to start {self._failures} time(s) ({self._last_failure}); "
-                f"the next attempt is in {self._retry_at - now:.0f} s"
+                f"The worker process failed to start {backoff.failures} time(s) ({backoff.last_error}); "
+                f"the next attempt is in {backoff.wait_left():.0f} s"
             )
         self.socket_path.unlink(missing_ok=True)
-        args = [sys.executable, "-m", self._module, *self._argv, "--no-gateway",
-                "--uri", f"unix://{self.socket_path}", "--worker-of", str(os.getpid())]
+        args = worker_command(
+            self._module,
+            [*self._argv, "--no-gateway", "--uri", f"unix://{self.socket_path}", "--worker-of", str(os.getpid())],
+        )
         started = time.monotonic()
         self._stopping = False
         self._ready = False
@@ -124,14 +152,11 @@ class WorkerSupervisor:
             writer.close()
             break
         self._ready = True
-        self._failures = 0
+        self._backoff.succeeded()
         _LOGGER.info("Worker pid %s ready %.2f s after spawn", process.pid, time.monotonic() - started)
 
     def _failed(self, why: str) -> None:
-        self._failures += 1
-        delay = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX)
-        self._retry_at = time.monotonic() + delay
-        self._last_failure = why
+        delay = self._backoff.failed(why)
         _LOGGER.error("Worker failed to start: %s; next attempt in %.0f s", why, delay)
         raise WorkerUnavailable(f"The worker process failed to start: {why}. Next attempt in {delay:.0f} s")
 

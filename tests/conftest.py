@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import start_server  # noqa: E402
+from wyoming_helpers import start_server, tts_args  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +54,9 @@ class RunningServer:
 @pytest.fixture
 async def start_asr(asr_model_dir, tmp_path):
     """Start an in-process ASR server on a unix socket: `await start_asr("--chunk-seconds", "0.5")`."""
-    from wyoming_qwen_asr.__main__ import parse_args
     from wyoming_qwen_asr.app import create_app
-    from wyoming_qwen_asr.handler import AsrEventHandler
+    from wyoming_qwen_asr.options import parse_args
+
     started = []
 
     async def start(*extra, uri=None, preload=True) -> RunningServer:
@@ -64,8 +64,8 @@ async def start_asr(asr_model_dir, tmp_path):
         args = parse_args(["--uri", uri, "--model", str(asr_model_dir), "--device", "cpu", *extra])
         app = create_app(args)
         if preload:
-            await app.manager.preload(app.model_key)
-        server = await start_server(uri, app, AsrEventHandler)
+            await app.manager.preload(app.preload_key)
+        server = await start_server(uri, app)
         running = RunningServer(uri, app, server)
         started.append(running)
         return running
@@ -103,20 +103,16 @@ def voices_dir(tmp_path) -> Path:
 @pytest.fixture
 async def start_tts(tiny_dir, tmp_path, voices_dir):
     """Start an in-process TTS server on a unix socket with the three tiny models and `voices_dir`."""
-    from wyoming_qwen_tts.__main__ import parse_args
     from wyoming_qwen_tts.app import create_app
-    from wyoming_qwen_tts.handler import TtsEventHandler
+    from wyoming_qwen_tts.options import parse_args
 
     started = []
 
     async def start(*extra, uri=None) -> RunningServer:
         uri = uri or f"unix://{tmp_path}/tts-{len(started)}.sock"
-        args = parse_args([
-            "--uri", uri, "--device", "cpu", "--voices-dir", str(voices_dir),
-            "--model", str(tiny_dir / "tts-custom-voice"), "--clone-model", str(tiny_dir / "tts-base"),
-            "--design-model", str(tiny_dir / "tts-voice-design"), *extra])
+        args = parse_args(["--uri", uri, "--device", "cpu", *tts_args(tiny_dir, voices_dir, *extra)])
         app = create_app(args)
-        server = await start_server(uri, app, TtsEventHandler)
+        server = await start_server(uri, app)
         running = RunningServer(uri, app, server)
         started.append(running)
         return running
@@ -157,13 +153,26 @@ async def server_process(tmp_path):
 
     started = []
 
-    async def start(module, *args, uri=None, env=None):
+    async def start(module, *args, uri=None, env=None, cwd=ROOT, console_script=None):
+        """console_script: start that installed command instead of `python -m module`."""
         uri = uri or f"unix://{tmp_path}/{module}-{len(started)}.sock"
         log_path = tmp_path / f"{module}-{len(started)}.log"
         log = open(log_path, "wb")
+        command = (
+            [str(Path(sys.executable).parent / console_script)] if console_script else [sys.executable, "-m", module]
+        )
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, "--uri", uri, "--device", "cpu", *args,
-            stdout=log, stderr=log, cwd=ROOT, env={**os.environ, **(env or {})})
+            *command,
+            "--uri",
+            uri,
+            "--device",
+            "cpu",
+            *args,
+            stdout=log,
+            stderr=log,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
         running = ServerProcess(process, uri, log_path)
         started.append(running)
         for _ in range(600):

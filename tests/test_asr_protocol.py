@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
+from official import official_transcribe
 from wyoming_helpers import read_until, send_audio, speechlike
 
 pytestmark = pytest.mark.asyncio
@@ -161,8 +161,13 @@ async def test_forced_language_and_biasing_reach_the_prompt(start_asr):
     server = await start_asr("--chunk-seconds", "10", "--context", "Home of the Smiths.")
     spy = PromptSpy(server.app.manager.loaded("asr"))
     events = await transcribe(
-        server, speechlike(1.5), language="de", transcript_names=["Küchenlicht", "Wohnzimmer"],
-        transcript_terms=["Rollladen"], context={"text": "Say it in German."})
+        server,
+        speechlike(1.5),
+        language="de",
+        transcript_names=["Küchenlicht", "Wohnzimmer"],
+        transcript_terms=["Rollladen"],
+        context={"text": "Say it in German."},
+    )
     assert events[-1].type == "transcript-stop"
     prompt = spy.prompts[-1]
     assert prompt.endswith("language German<asr_text>"), prompt[-60:]
@@ -183,7 +188,7 @@ async def test_detected_language_is_reported_as_code(start_asr):
 
 
 async def test_output_is_capped_by_audio_length(start_asr):
-    from wyoming_qwen_asr.engine import max_new_tokens_for
+    from wyoming_qwen_asr.model_io import max_new_tokens_for
 
     server = await start_asr("--chunk-seconds", "10")
     spy = PromptSpy(server.app.manager.loaded("asr"))
@@ -213,7 +218,7 @@ async def test_two_clients_at_once_both_complete(start_asr):
         transcribe(server, speechlike(2.0, seed=1), language="en", realtime=True),
         transcribe(server, speechlike(2.0, seed=2), language="de", realtime=True),
     )
-    for events, code in zip(results, ("en", "de")):
+    for events, code in zip(results, ("en", "de"), strict=True):
         assert events[-1].type == "transcript-stop"
         (transcript,) = [e for e in events if e.type == "transcript"]
         assert transcript.data["language"] == code
@@ -302,12 +307,17 @@ async def test_disconnect_mid_stream_frees_the_session(start_asr):
     await assert_still_serving(server)
 
 
-async def test_unknown_event_is_an_error(start_asr):
+async def test_unknown_events_are_ignored_and_malformed_known_ones_get_an_error(start_asr):
+    """As the Wyoming peers do: the protocol keeps adding events (select-program in wyoming 1.10)."""
     server = await start_asr()
     async with server.client() as client:
         await client.write_event(Event(type="make-coffee"))
+        await client.write_event(Event(type="select-program", data={"name": "qwen3-asr"}))
+        await client.write_event(Describe().event())
+        assert [e.type for e in await read_until(client, "info")] == ["info"]  # nothing for the unknown ones
+        await client.write_event(Event(type="audio-start", data={"width": 2, "channels": 1}))  # no rate
         (error,) = await read_until(client, "error")
-        assert "make-coffee" in error.data["text"]
+        assert error.data["code"] == "malformed-event" and "audio-start" in error.data["text"]
     await assert_still_serving(server)
 
 
@@ -316,13 +326,14 @@ async def test_unsupported_language_lists_the_supported_ones(start_asr):
     async with server.client() as client:
         await client.write_event(Transcribe(language="tlh").event())
         (error,) = await read_until(client, "error")
-    assert "tlh" in error.data["text"] and "en (English)" in error.data["text"] and "yue (Cantonese)" in error.data["text"]
+    assert (
+        "tlh" in error.data["text"] and "en (English)" in error.data["text"] and "yue (Cantonese)" in error.data["text"]
+    )
     await assert_still_serving(server)
 
 
 async def test_unstreamed_request_equals_the_official_transcribe(start_asr):
     """With no streaming step, the server's transcript is the official `transcribe` output."""
-    import numpy as np
 
     server = await start_asr("--chunk-seconds", "100", "--context", "Kitchen")
     pcm = speechlike(2.5, seed=7)
@@ -330,5 +341,6 @@ async def test_unstreamed_request_equals_the_official_transcribe(start_asr):
     (transcript,) = texts(events, "transcript")
     audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
     official = await server.app.manager.run(
-        "asr", lambda engine: engine.transcribe_batch(audio, "Kitchen", "English"))
+        "asr", lambda engine: official_transcribe(engine, audio, "Kitchen", "English")
+    )
     assert transcript == official.text and official.text

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 from wyoming_qwen_asr.context import MAX_CONTEXT_CHARS, build_context
-from wyoming_qwen_asr.languages import UnsupportedLanguage, to_code, to_qwen_name
 from wyoming_qwen_asr.streaming import CommittedPrefix, committed_text, final_text, split_output
 
 
@@ -41,6 +41,7 @@ def test_committed_text_holds_back_half_characters_and_trailing_space():
 
 
 def test_language_codes_and_names():
+    to_qwen_name, to_code = ASR_LANGUAGES.to_qwen_name, ASR_LANGUAGES.to_code
     assert to_qwen_name("en") == "English"
     assert to_qwen_name("en-US") == "English"
     assert to_qwen_name("zh_CN") == "Chinese"

@@ -12,6 +12,8 @@ import torch
 
 from wyoming_qwen_asr.engine import apply_encoder_windows
 
+from official import official_transcribe
+
 WINDOW_TOKENS = 104  # 8 s of mel frames (800) after the convolution front-end
 
 
@@ -25,7 +27,8 @@ def encoder_and_mel(asr_model_dir):
     envelope = 0.05 + 0.5 * np.abs(np.sin(np.arange(n) / 16000 * 1.3))
     audio = (envelope * rng.standard_normal(n)).astype(np.float32)
     features = asr.processor.feature_extractor(
-        audio, sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+        audio, sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
+    )
     return asr.model.thinker.audio_tower, features["input_features"][0]
 
 
@@ -67,11 +70,14 @@ def test_encoder_cache_equals_the_encoder_and_reuses_unchanged_audio(asr_model_d
     mels = {}
     for seconds in (3.0, 8.5, 12.0, 19.0):  # growing audio, as in streaming steps; 8 s windows finish
         features = asr.processor.feature_extractor(
-            audio[: int(seconds * 16000)], sampling_rate=16000, return_attention_mask=True, return_tensors="pt")
+            audio[: int(seconds * 16000)], sampling_rate=16000, return_attention_mask=True, return_tensors="pt"
+        )
         frames = int(features["attention_mask"].sum())
         mels[seconds] = (features["input_features"][0], frames)
         with torch.no_grad():
-            expected[seconds] = original(mels[seconds][0][:, :frames], feature_lens=torch.tensor([frames])).last_hidden_state
+            expected[seconds] = original(
+                mels[seconds][0][:, :frames], feature_lens=torch.tensor([frames])
+            ).last_hidden_state
     cache = EncoderCache(tower)
     for seconds, (mel, frames) in mels.items():
         with torch.no_grad():
@@ -90,12 +96,12 @@ def test_engine_patches_leave_the_official_output_unchanged(asr_model_dir):
 
     engine = AsrEngine.load(asr_model_dir, "cpu", torch.float32)
     stock = Qwen3ASRModel.from_pretrained(str(asr_model_dir), dtype=torch.float32, device_map="cpu")
-    from wyoming_qwen_asr.engine import max_new_tokens_for
+    from wyoming_qwen_asr.model_io import max_new_tokens_for
 
     stock.max_new_tokens = max_new_tokens_for(3.0)
     audio = (0.2 * np.random.default_rng(3).standard_normal(3 * 16000)).astype(np.float32)
     for _ in range(2):  # the second pass runs on cached encoder work
-        ours = engine.transcribe_batch(audio, "ctx", "English")
+        ours = official_transcribe(engine, audio, "ctx", "English")
         theirs = stock.transcribe((audio, 16000), context="ctx", language="English")[0]
         assert ours.text == theirs.text and ours.text
     assert engine.encoder_cache.chunk_hits > 0

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from wyoming.asr import Transcribe
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeVoice
 
-from wyoming_helpers import read_until, send_audio, speechlike
+from wyoming_helpers import read_until, send_audio, speechlike, tts_args
 
 pytestmark = pytest.mark.asyncio
 
@@ -48,11 +48,6 @@ async def describe(server):
     async with server.client() as client:
         await client.write_event(Describe().event())
         return Info.from_event((await read_until(client, "info", timeout=5))[-1])
-
-
-def tts_args(tiny_dir, voices_dir, *extra):
-    return ["--model", str(tiny_dir / "tts-custom-voice"), "--clone-model", str(tiny_dir / "tts-base"),
-            "--design-model", str(tiny_dir / "tts-voice-design"), "--voices-dir", str(voices_dir), *extra]
 
 
 async def test_describe_needs_no_worker_even_while_one_starts(server_process, asr_model_dir):
@@ -179,8 +174,15 @@ async def test_zeroconf_advertises_on_loopback(server_process, asr_model_dir):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     await server_process(
-        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--zeroconf", "test-qwen-asr",
-        "--zeroconf-interface", "127.0.0.1", uri=f"tcp://127.0.0.1:{port}")
+        "wyoming_qwen_asr",
+        "--model",
+        str(asr_model_dir),
+        "--zeroconf",
+        "test-qwen-asr",
+        "--zeroconf-interface",
+        "127.0.0.1",
+        uri=f"tcp://127.0.0.1:{port}",
+    )
     browser = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
     try:
         info = AsyncServiceInfo("_wyoming._tcp.local.", "test-qwen-asr._wyoming._tcp.local.")
@@ -201,9 +203,19 @@ async def test_missing_zeroconf_package_is_a_clear_error(tmp_path, asr_model_dir
     (fake / "__init__.py").write_text("raise ImportError('zeroconf is not installed')\n")
     env = {**os.environ, "PYTHONPATH": str(fake.parent)}
     result = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wyoming_qwen_asr", "--uri", "tcp://127.0.0.1:0", "--model", str(asr_model_dir),
-        "--zeroconf", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        cwd=Path(__file__).resolve().parent.parent)
+        sys.executable,
+        "-m",
+        "wyoming_qwen_asr",
+        "--uri",
+        "tcp://127.0.0.1:0",
+        "--model",
+        str(asr_model_dir),
+        "--zeroconf",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     output, _ = await asyncio.wait_for(result.communicate(), 60)
     assert result.returncode != 0
     assert b"pip install 'wyoming-qwen[zeroconf]'" in output
@@ -215,3 +227,48 @@ async def test_default_zeroconf_names_differ_and_never_advertise_any_address():
     assert default_name("asr") != default_name("tts") and default_name("asr").startswith("qwen-asr-")
     assert advertised_address("192.168.1.5") == "192.168.1.5"
     assert advertised_address("0.0.0.0", "10.0.0.2") == "10.0.0.2"
+
+
+def hostile_directory(path: Path) -> Path:
+    """A working directory with files named like our packages (a user's own `shared/`, say)."""
+    (path / "shared").mkdir(parents=True)
+    (path / "shared" / "__init__.py").write_text("raise ImportError('the user shared package was imported')\n")
+    (path / "wyoming_qwen_asr.py").write_text("raise ImportError('the user wyoming_qwen_asr.py was imported')\n")
+    (path / "wyoming_qwen_tts.py").write_text("raise ImportError('the user wyoming_qwen_tts.py was imported')\n")
+    return path
+
+
+async def test_working_directory_cannot_shadow_the_worker_packages(server_process, asr_model_dir, tmp_path):
+    """Started (as users do, by its console script) from a directory holding a broken `shared/` and a
+    broken `wyoming_qwen_asr.py`, the gateway's worker still imports our packages and transcribes."""
+    cwd = hostile_directory(tmp_path / "home")
+    server = await server_process(
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), cwd=cwd, console_script="wyoming-qwen-asr"
+    )
+    events = await transcribe(server)
+    assert events[-1].type == "transcript-stop", server.log()[-3000:]
+    assert "user shared package" not in server.log()
+
+
+def test_worker_command_ignores_the_working_directory_and_pythonpath(tmp_path):
+    """The worker's own start: neither its working directory nor PYTHONPATH replaces our packages."""
+    import subprocess
+
+    from shared.supervisor import worker_command
+
+    hostile = hostile_directory(tmp_path / "hostile")
+    (hostile / "wyoming_qwen_asr.py").unlink()
+    (hostile / "wyoming_qwen_asr").mkdir()
+    (hostile / "wyoming_qwen_asr" / "__init__.py").write_text("raise ImportError('PYTHONPATH package')\n")
+    result = subprocess.run(
+        worker_command("wyoming_qwen_asr", ["--version"]),
+        cwd=hostile,
+        env={**os.environ, "PYTHONPATH": str(hostile)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    from shared import __version__
+
+    assert result.stdout.strip() == __version__

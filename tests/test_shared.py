@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_option_reads_its_environment_variable(monkeypatch):
-    from wyoming_qwen_asr.__main__ import parse_args
+    from wyoming_qwen_asr.options import parse_args
 
     monkeypatch.setenv("QWEN_ASR_IDLE_UNLOAD", "5")
     monkeypatch.setenv("QWEN_ASR_PRELOAD", "true")
@@ -33,7 +33,7 @@ def test_every_option_reads_its_environment_variable(monkeypatch):
 
 
 def test_bad_options_fail_with_a_message(capsys):
-    from wyoming_qwen_asr.__main__ import parse_args
+    from wyoming_qwen_asr.options import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--language", "tlh"])
@@ -43,7 +43,7 @@ def test_bad_options_fail_with_a_message(capsys):
 
 
 def test_auto_model_follows_the_device():
-    from wyoming_qwen_asr.app import choose_model
+    from wyoming_qwen_asr.info import choose_model
 
     assert choose_model("auto", "cpu") == "Qwen/Qwen3-ASR-0.6B"
     assert choose_model("auto", "cuda:1") == "Qwen/Qwen3-ASR-1.7B"
@@ -113,11 +113,13 @@ def test_both_qwen_packages_work_in_this_environment(tmp_path):
 def test_describe_path_never_imports_torch():
     code = (
         "import sys\n"
-        "from wyoming_qwen_asr.__main__ import parse_args\n"
+        "from wyoming_qwen_asr.options import parse_args\n"
         "from wyoming_qwen_asr.app import create_app\n"
         "from wyoming_qwen_asr.handler import AsrEventHandler\n"
+        "from wyoming_qwen_asr.kind import KIND\n"
         "app = create_app(parse_args(['--model', 'Qwen/Qwen3-ASR-0.6B']))\n"
-        "app.info.event()\n"
+        "app.describe()\n"
+        "KIND.describer(KIND.parse_args(['--model', 'Qwen/Qwen3-ASR-0.6B']))()\n"
         "heavy = [m for m in ('torch', 'transformers', 'qwen_asr', 'qwen_tts') if m in sys.modules]\n"
         "print(heavy)\n"
     )
@@ -133,16 +135,124 @@ def test_tts_describe_path_stays_light_for_a_hub_model(tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("rev1")
     (repo / "snapshots" / "rev1" / "config.json").write_text(
-        '{"talker_config": {"spk_id": {"zed": 1}, "codec_language_id": {"english": 2}}}')
+        '{"talker_config": {"spk_id": {"zed": 1}, "codec_language_id": {"english": 2}}}'
+    )
     code = (
         "import sys\n"
-        "from wyoming_qwen_tts.__main__ import describe, parse_args\n"
+        "from wyoming_qwen_tts.kind import KIND\n"
         "from wyoming.info import Info\n"
-        f"args = parse_args(['--device', 'cpu', '--data-dir', {str(tmp_path)!r}])\n"
-        "voices = [v.name for v in Info.from_event(describe(args)()).tts[0].voices]\n"
+        f"args = KIND.parse_args(['--device', 'cpu', '--data-dir', {str(tmp_path)!r}])\n"
+        "voices = [v.name for v in Info.from_event(KIND.describer(args)()).tts[0].voices]\n"
         "heavy = [m for m in ('torch', 'numpy', 'huggingface_hub', 'qwen_tts') if m in sys.modules]\n"
         "print(voices, heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "['zed'] []"
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {"XDG_CACHE_HOME": "{tmp}/xdg"},
+        {"HF_HOME": "{tmp}/hf-home", "XDG_CACHE_HOME": "{tmp}/xdg"},
+        {"HUGGINGFACE_HUB_CACHE": "{tmp}/legacy", "HF_HOME": "{tmp}/hf-home"},
+        {"HF_HUB_CACHE": "{tmp}/hub", "HUGGINGFACE_HUB_CACHE": "{tmp}/legacy", "HF_HOME": "{tmp}/hf-home"},
+        {"HF_HOME": "~/hf-tilde"},
+    ],
+    ids=["default", "XDG_CACHE_HOME", "HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_HUB_CACHE", "tilde"],
+)
+def test_cache_lookup_follows_huggingface_hub(variables, tmp_path):
+    """Our torch-free cache lookup names the folder huggingface_hub itself uses, for each variable."""
+    names = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update({k: v.format(tmp=tmp_path) for k, v in variables.items()})
+    code = (
+        "import sys\n"
+        "from shared.hub_cache import default_hub_cache\n"
+        "ours = str(default_hub_cache())\n"
+        "assert 'huggingface_hub' not in sys.modules\n"
+        "from huggingface_hub import constants\n"
+        "print(ours == constants.HF_HUB_CACHE, ours)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("True "), result.stdout
+    if variables:
+        assert str(tmp_path) in result.stdout or "hf-tilde" in result.stdout
+
+
+def test_a_model_in_the_default_cache_is_found_by_describe_and_the_loader(tmp_path, monkeypatch):
+    """The gateway's describe and the worker's loader look in the same cache (HF_HOME here)."""
+    from wyoming_qwen_tts.voices import read_model_config
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("r1")
+    (repo / "snapshots" / "r1" / "config.json").write_text('{"talker_config": {"spk_id": {"zed": 1}}}')
+    model = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    assert read_model_config(model)["talker_config"]["spk_id"] == {"zed": 1}
+    assert resolve_model(model, [str(tmp_path / "empty")], local_files_only=True) == repo / "snapshots" / "r1"
+
+
+async def test_a_worker_keeps_its_last_model_and_unloads_the_others_on_their_timers():
+    """Behind the gateway the worker's last model goes with the worker (one owner per decision);
+    with --no-gateway every model is unloaded on its own timer."""
+    import asyncio
+
+    from shared.model_manager import ModelManager
+
+    for behind_gateway in (True, False):
+        manager = ModelManager(keep_last_loaded=behind_gateway)
+        for key in ("one", "two"):
+            manager.register(key, lambda: object(), idle_unload=0.2)
+        for key in ("one", "two"):
+            async with manager.use(key) as handle:
+                await handle.run(lambda model: model)
+        await asyncio.sleep(1.0)
+        loaded = [key for key in ("one", "two") if manager.is_loaded(key)]
+        assert len(loaded) == (1 if behind_gateway else 0), (behind_gateway, loaded)
+        await manager.close()
+
+
+def test_reply_trackers_say_when_a_client_waits():
+    from shared.gateway import ReplyTracker
+    from wyoming_qwen_asr.kind import KIND as ASR
+    from wyoming_qwen_tts.kind import KIND as TTS
+
+    def waits(tracker, *events):
+        """Whether the client waits after each event: client events plain, worker events as '<name'."""
+        state, states = False, []
+        for event in events:
+            if event.startswith("<"):
+                state = state and not tracker.worker_sent(event[1:])
+            else:
+                state = state or tracker.client_sent(event)
+            states.append(state)
+        return states
+
+    assert waits(ReplyTracker(), "ping", "<pong", "make-coffee") == [True, False, False]
+    assert waits(ASR.reply_tracker(), "transcribe", "audio-start", "audio-stop", "<transcript", "<transcript-stop") == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
+    # one-shot: audio-stop ends it; streamed: the compat `synthesize` does not start the wait, and the
+    # stream's audio-stop does not end it
+    assert waits(TTS.reply_tracker(), "synthesize", "<audio-start", "<audio-stop") == [True, True, False]
+    assert waits(
+        TTS.reply_tracker(),
+        "synthesize-start",
+        "synthesize",
+        "synthesize-stop",
+        "<audio-stop",
+        "<synthesize-stopped",
+        "synthesize",
+    ) == [False, False, True, True, False, True]

@@ -9,10 +9,10 @@ import pytest
 import torch
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from wyoming_helpers import read_until
-
 from wyoming_qwen_tts.frames import GenerationStopped, generate_frames
 from wyoming_qwen_tts.incremental_decoder import IncrementalDecoder
+
+from wyoming_helpers import read_until
 
 FRAMES = 40
 
@@ -21,7 +21,9 @@ FRAMES = 40
 def models(tiny_dir):
     from qwen_tts import Qwen3TTSModel
 
-    load = lambda name: Qwen3TTSModel.from_pretrained(str(tiny_dir / name), dtype=torch.float32, device_map="cpu")
+    def load(name):
+        return Qwen3TTSModel.from_pretrained(str(tiny_dir / name), dtype=torch.float32, device_map="cpu")
+
     return {"preset": load("tts-custom-voice"), "clone": load("tts-base"), "design": load("tts-voice-design")}
 
 
@@ -33,8 +35,13 @@ def clone_prompt(models):
 
 
 def official_call(models, clone_prompt, kind, sample):
-    kwargs = dict(text="Hello world, the quick brown fox.", language="english", max_new_tokens=FRAMES + 1,
-                  do_sample=sample, subtalker_dosample=sample)
+    kwargs = dict(
+        text="Hello world, the quick brown fox.",
+        language="english",
+        max_new_tokens=FRAMES + 1,
+        do_sample=sample,
+        subtalker_dosample=sample,
+    )
     tts = models[kind]
     if kind == "preset":
         return tts, lambda: tts.generate_custom_voice(speaker="ryan", **kwargs)
@@ -87,7 +94,7 @@ def incremental(decoder, codes, schedule, context_frames):
     pieces, start, i = [], 0, 0
     while start < len(codes):
         n = schedule[min(i, len(schedule) - 1)]
-        pieces.append(inc.push(codes[start:start + n]))
+        pieces.append(inc.push(codes[start : start + n]))
         start, i = start + n, i + 1
     return np.concatenate(pieces)
 
@@ -117,10 +124,10 @@ def test_cloned_voice_decoder_primed_with_the_reference(models, clone_prompt):
     codes = torch.randint(0, 2048, (50, 16), generator=torch.Generator().manual_seed(2))
     # the official path decodes reference + new codes and drops the reference's audio
     full = speech_tokenizer.decode([{"audio_codes": torch.cat([reference, codes])}])[0][0]
-    expected = full[len(reference) * 1920:]
+    expected = full[len(reference) * 1920 :]
     decoder = IncrementalDecoder(speech_tokenizer.model.decoder)
     decoder.prime(reference)
-    got = np.concatenate([decoder.push(codes[i:i + 4]) for i in range(0, len(codes), 4)])
+    got = np.concatenate([decoder.push(codes[i : i + 4]) for i in range(0, len(codes), 4)])
     assert np.abs(got - expected).max() < 1e-4
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from shared.audio import float_to_pcm16
+from shared.languages import TTS_LANGUAGES, UnsupportedLanguage
 from wyoming_qwen_tts.engine import max_frames_for
-from wyoming_qwen_tts.languages import to_qwen_name
 from wyoming_qwen_tts.sentences import SentenceSplitter, split_text
 from wyoming_qwen_tts.voices import OFFICIAL_SPEAKERS, catalogue, find_voice
 
@@ -19,7 +20,9 @@ def test_cjk_sentences():
 
 def test_abbreviations_do_not_end_sentences():
     assert split_text("Dr. Smith met Prof. Miller at 5 p.m. today. Then they left!") == [
-        "Dr. Smith met Prof. Miller at 5 p.m. today.", "Then they left!"]
+        "Dr. Smith met Prof. Miller at 5 p.m. today.",
+        "Then they left!",
+    ]
     assert split_text("Wir kaufen z.B. Äpfel. Danach gehen wir.") == ["Wir kaufen z.B. Äpfel.", "Danach gehen wir."]
 
 
@@ -52,9 +55,17 @@ def test_generation_cap_grows_with_text_and_counts_wide_characters():
     assert max_frames_for("你好") > max_frames_for("ab")
 
 
-def test_languages():
-    assert to_qwen_name("de-DE") == "german" and to_qwen_name("Japanese") == "japanese"
-    assert to_qwen_name("auto") is None and to_qwen_name("xx") is None
+def test_languages_share_the_asr_contract_on_their_own_subset():
+    to_qwen_name = TTS_LANGUAGES.to_qwen_name
+    assert to_qwen_name("de-DE") == "German" and to_qwen_name("japanese") == "Japanese"
+    assert to_qwen_name("auto") is None and to_qwen_name(None) is None
+    # zh-HK is Cantonese where the model has it (ASR), Chinese where it does not (TTS)
+    assert to_qwen_name("zh-HK") == "Chinese"
+    for unsupported in ("xx", "nl", "yue"):  # nl and yue: Qwen3-ASR languages that Qwen3-TTS lacks
+        with pytest.raises(UnsupportedLanguage, match="Qwen3-TTS.*en \\(English\\)"):
+            to_qwen_name(unsupported)
+    # the model config lists lower-case names and dialects, which are no request language
+    assert TTS_LANGUAGES.codes_of(["auto", "english", "chinese", "beijing_dialect"]) == ["en", "zh"]
 
 
 def test_catalogue_without_the_model_lists_the_official_speakers(tmp_path):

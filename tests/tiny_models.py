@@ -55,12 +55,48 @@ ASR_CHAT_TEMPLATE = (
 
 # text/encoder sizes: "tiny" for tests, "bench" for benchmarks (the real 0.6B widths, fewer layers)
 ASR_SHAPES = {
-    "tiny": dict(text_layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128,
-                 enc_layers=2, d_model=64, enc_heads=4, enc_ffn=128, downsample=8, vocab=512),
-    "bench": dict(text_layers=8, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
-                  enc_layers=6, d_model=896, enc_heads=14, enc_ffn=3584, downsample=480, vocab=4096),
-    "real-0.6b": dict(text_layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
-                      enc_layers=18, d_model=896, enc_heads=14, enc_ffn=3584, downsample=480, vocab=151936),
+    "tiny": dict(
+        text_layers=2,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=128,
+        enc_layers=2,
+        d_model=64,
+        enc_heads=4,
+        enc_ffn=128,
+        downsample=8,
+        vocab=512,
+    ),
+    "bench": dict(
+        text_layers=8,
+        hidden=1024,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=3072,
+        enc_layers=6,
+        d_model=896,
+        enc_heads=14,
+        enc_ffn=3584,
+        downsample=480,
+        vocab=4096,
+    ),
+    "real-0.6b": dict(
+        text_layers=28,
+        hidden=1024,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=3072,
+        enc_layers=18,
+        d_model=896,
+        enc_heads=14,
+        enc_ffn=3584,
+        downsample=480,
+        vocab=151936,
+    ),
 }
 
 
@@ -69,20 +105,31 @@ def _byte_level_tokenizer(extra_corpus, special, non_special, extra_special_toke
     from transformers import Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     # role words weigh heavily so each is one token (the TTS wrapper slices ids by position)
     corpus = ["system\n", "user\n", "assistant\n"] * 200 + (list(extra_corpus) + CORPUS) * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in non_special])
     hf = Qwen2TokenizerFast(
-        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, errors="replace", model_max_length=32768,
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        errors="replace",
+        model_max_length=32768,
         extra_special_tokens=extra_special_tokens or {},
     )
     for word in ("assistant", "user", "system", "\n"):
@@ -93,8 +140,7 @@ def _byte_level_tokenizer(extra_corpus, special, non_special, extra_special_toke
 def build_asr(out_dir, *, seed: int = 0, shape: str = "tiny") -> Path:
     """A Qwen3-ASR checkpoint: tokenizer with every special token, feature extractor, model."""
     import torch
-    from qwen_asr.core.transformers_backend import (
-        Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor)
+    from qwen_asr.core.transformers_backend import Qwen3ASRConfig, Qwen3ASRForConditionalGeneration, Qwen3ASRProcessor
     from qwen_asr.inference.utils import SUPPORTED_LANGUAGES
     from transformers import WhisperFeatureExtractor
 
@@ -102,32 +148,51 @@ def build_asr(out_dir, *, seed: int = 0, shape: str = "tiny") -> Path:
     torch.manual_seed(seed)
     tokenizer = _byte_level_tokenizer(
         ["language None"] + [f"language {lang}" for lang in SUPPORTED_LANGUAGES],
-        ASR_SPECIAL, [ASR_TEXT_TAG],
+        ASR_SPECIAL,
+        [ASR_TEXT_TAG],
         # attribute names Qwen3ASRProcessor.__init__ reads from the tokenizer
-        extra_special_tokens={"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
-                              "audio_eos_token": "<|audio_end|>"},
+        extra_special_tokens={
+            "audio_token": "<|audio_pad|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+        },
     )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ASR_SPECIAL}
     assert len(tokenizer) <= s["vocab"]
     config = Qwen3ASRConfig(
         thinker_config=dict(
             audio_config=dict(
-                num_mel_bins=128, encoder_layers=s["enc_layers"], encoder_attention_heads=s["enc_heads"],
-                encoder_ffn_dim=s["enc_ffn"], d_model=s["d_model"], output_dim=s["hidden"],
-                downsample_hidden_size=s["downsample"], max_source_positions=1500,
+                num_mel_bins=128,
+                encoder_layers=s["enc_layers"],
+                encoder_attention_heads=s["enc_heads"],
+                encoder_ffn_dim=s["enc_ffn"],
+                d_model=s["d_model"],
+                output_dim=s["hidden"],
+                downsample_hidden_size=s["downsample"],
+                max_source_positions=1500,
                 # the real values: 1 s convolution chunks, 8 s attention windows
-                n_window=50, n_window_infer=800, conv_chunksize=500,
+                n_window=50,
+                n_window_infer=800,
+                conv_chunksize=500,
             ),
             text_config=dict(
-                vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-                num_hidden_layers=s["text_layers"], num_attention_heads=s["heads"],
-                num_key_value_heads=s["kv_heads"], head_dim=s["head_dim"], max_position_embeddings=65536,
+                vocab_size=s["vocab"],
+                hidden_size=s["hidden"],
+                intermediate_size=s["intermediate"],
+                num_hidden_layers=s["text_layers"],
+                num_attention_heads=s["heads"],
+                num_key_value_heads=s["kv_heads"],
+                head_dim=s["head_dim"],
+                max_position_embeddings=65536,
                 rope_theta=1e6,
                 # untied: a tied random LM just repeats the last prompt token
                 tie_word_embeddings=False,
-                rope_scaling={"rope_type": "default",
-                              "mrope_section": [s["head_dim"] // 4, s["head_dim"] // 8, s["head_dim"] // 8],
-                              "interleaved": True, "mrope_interleaved": True},
+                rope_scaling={
+                    "rope_type": "default",
+                    "mrope_section": [s["head_dim"] // 4, s["head_dim"] // 8, s["head_dim"] // 8],
+                    "interleaved": True,
+                    "mrope_interleaved": True,
+                },
             ),
             audio_token_id=ids["<|audio_pad|>"],
             audio_start_token_id=ids["<|audio_start|>"],
@@ -144,15 +209,21 @@ def build_asr(out_dir, *, seed: int = 0, shape: str = "tiny") -> Path:
     with torch.no_grad():
         for module in model.thinker.audio_tower.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator)
-                                    / module.weight[0].numel() ** 0.5)
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) / module.weight[0].numel() ** 0.5
+                )
                 if module.bias is not None:
                     module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
     features = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
-        padding_value=0.0, return_attention_mask=True)
-    processor = Qwen3ASRProcessor(feature_extractor=features, tokenizer=tokenizer,
-                                  chat_template=ASR_CHAT_TEMPLATE)
+        feature_size=128,
+        sampling_rate=16000,
+        hop_length=160,
+        chunk_length=30,
+        n_fft=400,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+    processor = Qwen3ASRProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=ASR_CHAT_TEMPLATE)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -165,30 +236,102 @@ def build_asr(out_dir, *, seed: int = 0, shape: str = "tiny") -> Path:
 TTS_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>"]
 # the real 12 Hz models' codec-side control ids (talker vocabulary 3072, codebook 2048; ids >= 2048
 # are control tokens, all suppressed during generation except EOS)
-TTS_CODEC_IDS = dict(codec_pad_id=2148, codec_bos_id=2149, codec_eos_token_id=2150, codec_think_id=2154,
-                     codec_nothink_id=2155, codec_think_bos_id=2156, codec_think_eos_id=2157)
+TTS_CODEC_IDS = dict(
+    codec_pad_id=2148,
+    codec_bos_id=2149,
+    codec_eos_token_id=2150,
+    codec_think_id=2154,
+    codec_nothink_id=2155,
+    codec_think_bos_id=2156,
+    codec_think_eos_id=2157,
+)
 TTS_LANGUAGES = {"chinese": 2055, "english": 2050, "german": 2053, "sichuan_dialect": 2062}
 TTS_SPEAKERS = {"ryan": 3061, "vivian": 3065, "eric": 2875}
 TTS_DIALECTS = {"ryan": False, "vivian": False, "eric": "sichuan_dialect"}
 # what the real checkpoints ship; from_pretrained reads it as the wrapper's generate defaults
-TTS_GENERATION = {"do_sample": True, "top_k": 50, "top_p": 1.0, "temperature": 0.9, "repetition_penalty": 1.05,
-                  "subtalker_dosample": True, "subtalker_top_k": 50, "subtalker_top_p": 1.0,
-                  "subtalker_temperature": 0.9, "max_new_tokens": 8192}
+TTS_GENERATION = {
+    "do_sample": True,
+    "top_k": 50,
+    "top_p": 1.0,
+    "temperature": 0.9,
+    "repetition_penalty": 1.05,
+    "subtalker_dosample": True,
+    "subtalker_top_k": 50,
+    "subtalker_top_p": 1.0,
+    "subtalker_temperature": 0.9,
+    "max_new_tokens": 8192,
+}
 TTS_SHAPES = {
-    "tiny": dict(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, text_vocab=512,
-                 text_hidden=64, cp_hidden=32, cp_layers=1, cp_heads=2, cp_kv_heads=1, cp_head_dim=16,
-                 dec_layers=2, dec_hidden=32, dec_dim=32, dec_latent=32, dec_heads=2, dec_head_dim=16,
-                 dec_codebook_dim=16),
+    "tiny": dict(
+        layers=2,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=128,
+        text_vocab=512,
+        text_hidden=64,
+        cp_hidden=32,
+        cp_layers=1,
+        cp_heads=2,
+        cp_kv_heads=1,
+        cp_head_dim=16,
+        dec_layers=2,
+        dec_hidden=32,
+        dec_dim=32,
+        dec_latent=32,
+        dec_heads=2,
+        dec_head_dim=16,
+        dec_codebook_dim=16,
+    ),
     # the real 0.6B widths with fewer talker and code-predictor layers, and the real 12 Hz decoder
-    "bench": dict(layers=8, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072, text_vocab=512,
-                  text_hidden=2048, cp_hidden=1024, cp_layers=2, cp_heads=16, cp_kv_heads=8, cp_head_dim=128,
-                  cp_intermediate=3072, dec_layers=8, dec_hidden=512, dec_dim=1536, dec_latent=1024, dec_heads=16, dec_head_dim=64,
-                  dec_codebook_dim=512),
+    "bench": dict(
+        layers=8,
+        hidden=1024,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=3072,
+        text_vocab=512,
+        text_hidden=2048,
+        cp_hidden=1024,
+        cp_layers=2,
+        cp_heads=16,
+        cp_kv_heads=8,
+        cp_head_dim=128,
+        cp_intermediate=3072,
+        dec_layers=8,
+        dec_hidden=512,
+        dec_dim=1536,
+        dec_latent=1024,
+        dec_heads=16,
+        dec_head_dim=64,
+        dec_codebook_dim=512,
+    ),
     # Qwen3-TTS-12Hz-0.6B-CustomVoice's shapes (the text vocabulary only costs memory)
-    "real-0.6b": dict(layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, intermediate=3072,
-                      text_vocab=151936, text_hidden=2048, cp_hidden=1024, cp_layers=5, cp_heads=16,
-                      cp_kv_heads=8, cp_head_dim=128, cp_intermediate=3072, dec_layers=8, dec_hidden=512, dec_dim=1536,
-                      dec_latent=1024, dec_heads=16, dec_head_dim=64, dec_codebook_dim=512),
+    "real-0.6b": dict(
+        layers=28,
+        hidden=1024,
+        heads=16,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=3072,
+        text_vocab=151936,
+        text_hidden=2048,
+        cp_hidden=1024,
+        cp_layers=5,
+        cp_heads=16,
+        cp_kv_heads=8,
+        cp_head_dim=128,
+        cp_intermediate=3072,
+        dec_layers=8,
+        dec_hidden=512,
+        dec_dim=1536,
+        dec_latent=1024,
+        dec_heads=16,
+        dec_head_dim=64,
+        dec_codebook_dim=512,
+    ),
 }
 TTS_KINDS = {"tts-custom-voice": "custom_voice", "tts-base": "base", "tts-voice-design": "voice_design"}
 
@@ -201,21 +344,55 @@ def _speech_tokenizer_config(s):
     from qwen_tts.core import Qwen3TTSTokenizerV2Config
 
     encoder = dict(  # a tiny Mimi encoder: only voice cloning (encode) uses it
-        sampling_rate=24000, frame_rate=12.5, hidden_size=32, num_filters=4, num_residual_layers=1,
-        upsampling_ratios=[8, 6, 5, 4], codebook_size=2048, codebook_dim=16,
-        vector_quantization_hidden_dimension=16, num_quantizers=32, num_semantic_quantizers=1,
-        upsample_groups=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=16, sliding_window=250, use_causal_conv=True)
+        sampling_rate=24000,
+        frame_rate=12.5,
+        hidden_size=32,
+        num_filters=4,
+        num_residual_layers=1,
+        upsampling_ratios=[8, 6, 5, 4],
+        codebook_size=2048,
+        codebook_dim=16,
+        vector_quantization_hidden_dimension=16,
+        num_quantizers=32,
+        num_semantic_quantizers=1,
+        upsample_groups=32,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=250,
+        use_causal_conv=True,
+    )
     decoder = dict(
-        codebook_size=2048, codebook_dim=s["dec_codebook_dim"], hidden_size=s["dec_hidden"],
-        latent_dim=s["dec_latent"], num_attention_heads=s["dec_heads"], num_key_value_heads=s["dec_heads"],
-        head_dim=s["dec_head_dim"], intermediate_size=2 * s["dec_hidden"], num_hidden_layers=s["dec_layers"],
-        sliding_window=72, num_quantizers=16, upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2],
-        decoder_dim=s["dec_dim"], max_position_embeddings=8000, rope_theta=10000, rms_norm_eps=1e-5,
-        layer_scale_initial_scale=0.01)
+        codebook_size=2048,
+        codebook_dim=s["dec_codebook_dim"],
+        hidden_size=s["dec_hidden"],
+        latent_dim=s["dec_latent"],
+        num_attention_heads=s["dec_heads"],
+        num_key_value_heads=s["dec_heads"],
+        head_dim=s["dec_head_dim"],
+        intermediate_size=2 * s["dec_hidden"],
+        num_hidden_layers=s["dec_layers"],
+        sliding_window=72,
+        num_quantizers=16,
+        upsample_rates=[8, 5, 4, 3],
+        upsampling_ratios=[2, 2],
+        decoder_dim=s["dec_dim"],
+        max_position_embeddings=8000,
+        rope_theta=10000,
+        rms_norm_eps=1e-5,
+        layer_scale_initial_scale=0.01,
+    )
     return Qwen3TTSTokenizerV2Config(
-        encoder_config=encoder, decoder_config=decoder, encoder_valid_num_quantizers=16,
-        input_sample_rate=24000, output_sample_rate=24000, decode_upsample_rate=1920, encode_downsample_rate=1920)
+        encoder_config=encoder,
+        decoder_config=decoder,
+        encoder_valid_num_quantizers=16,
+        input_sample_rate=24000,
+        output_sample_rate=24000,
+        decode_upsample_rate=1920,
+        encode_downsample_rate=1920,
+    )
 
 
 def _randomize_decoder(speech_tokenizer, seed):
@@ -239,7 +416,7 @@ def _randomize_decoder(speech_tokenizer, seed):
                 fan_in = m.weight[0].numel()
             else:
                 continue
-            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) / fan_in ** 0.5)
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) / fan_in**0.5)
             if m.bias is not None:
                 m.bias.zero_()
         decoder.decoder[-1].conv.weight.mul_(0.002)  # keep the waveform well inside [-1, 1]
@@ -263,31 +440,60 @@ def build_tts(out_dir, *, kind: str = "custom_voice", seed: int = 0, shape: str 
     speakers = TTS_SPEAKERS if kind == "custom_voice" else {}
     config = Qwen3TTSConfig(
         talker_config=dict(
-            vocab_size=3072, hidden_size=s["hidden"], intermediate_size=s["intermediate"],
-            num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
-            head_dim=s["head_dim"], max_position_embeddings=32768, rope_theta=1e6,
-            rope_scaling={"rope_type": "default", "interleaved": True,
-                          "mrope_section": [s["head_dim"] // 4, s["head_dim"] // 8, s["head_dim"] // 8]},
-            text_vocab_size=s["text_vocab"], text_hidden_size=s["text_hidden"], num_code_groups=16,
-            position_id_per_seconds=13, codec_language_id=TTS_LANGUAGES, spk_id=speakers,
-            spk_is_dialect={k: v for k, v in TTS_DIALECTS.items() if k in speakers}, **TTS_CODEC_IDS,
+            vocab_size=3072,
+            hidden_size=s["hidden"],
+            intermediate_size=s["intermediate"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["kv_heads"],
+            head_dim=s["head_dim"],
+            max_position_embeddings=32768,
+            rope_theta=1e6,
+            rope_scaling={
+                "rope_type": "default",
+                "interleaved": True,
+                "mrope_section": [s["head_dim"] // 4, s["head_dim"] // 8, s["head_dim"] // 8],
+            },
+            text_vocab_size=s["text_vocab"],
+            text_hidden_size=s["text_hidden"],
+            num_code_groups=16,
+            position_id_per_seconds=13,
+            codec_language_id=TTS_LANGUAGES,
+            spk_id=speakers,
+            spk_is_dialect={k: v for k, v in TTS_DIALECTS.items() if k in speakers},
+            **TTS_CODEC_IDS,
             code_predictor_config=dict(
-                vocab_size=2048, hidden_size=s["cp_hidden"], intermediate_size=s.get("cp_intermediate", 2 * s["cp_hidden"]),
-                num_hidden_layers=s["cp_layers"], num_attention_heads=s["cp_heads"],
-                num_key_value_heads=s["cp_kv_heads"], head_dim=s["cp_head_dim"], max_position_embeddings=64,
+                vocab_size=2048,
+                hidden_size=s["cp_hidden"],
+                intermediate_size=s.get("cp_intermediate", 2 * s["cp_hidden"]),
+                num_hidden_layers=s["cp_layers"],
+                num_attention_heads=s["cp_heads"],
+                num_key_value_heads=s["cp_kv_heads"],
+                head_dim=s["cp_head_dim"],
+                max_position_embeddings=64,
                 num_code_groups=16,
-                rope_theta=1e6),
+                rope_theta=1e6,
+            ),
         ),
         speaker_encoder_config=dict(
-            mel_dim=128, enc_dim=s["hidden"], enc_channels=[32, 32, 32, 32, 96], enc_kernel_sizes=[5, 3, 3, 3, 1],
-            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=16, enc_res2net_scale=4, enc_se_channels=16,
-            sample_rate=24000),
+            mel_dim=128,
+            enc_dim=s["hidden"],
+            enc_channels=[32, 32, 32, 32, 96],
+            enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1],
+            enc_attention_channels=16,
+            enc_res2net_scale=4,
+            enc_se_channels=16,
+            sample_rate=24000,
+        ),
         tokenizer_type="qwen3_tts_tokenizer_12hz",
         # VoiceDesign exists only as 1.7B; the 0.6B CustomVoice ignores instructions
         tts_model_size="1b7" if kind == "voice_design" else "0b6",
         tts_model_type=kind,
-        im_start_token_id=ids["<|im_start|>"], im_end_token_id=ids["<|im_end|>"],
-        tts_pad_token_id=ids["<tts_pad>"], tts_bos_token_id=ids["<tts_text_bos>"],
+        im_start_token_id=ids["<|im_start|>"],
+        im_end_token_id=ids["<|im_end|>"],
+        tts_pad_token_id=ids["<tts_pad>"],
+        tts_bos_token_id=ids["<tts_text_bos>"],
         tts_eos_token_id=ids["<tts_text_eod>"],
     )
     model = Qwen3TTSForConditionalGeneration(config).eval()
@@ -307,7 +513,8 @@ def build_tts(out_dir, *, kind: str = "custom_voice", seed: int = 0, shape: str 
     _randomize_decoder(speech_tokenizer, seed)
     speech_tokenizer.save_pretrained(out / "speech_tokenizer")
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0).save_pretrained(
-        out / "speech_tokenizer")
+        out / "speech_tokenizer"
+    )
     return out
 
 

@@ -20,12 +20,13 @@ def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int =
     return (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
 
 
-async def send_audio(client, pcm: bytes, rate=16000, width=2, channels=1, *, realtime=False,
-                     chunk_seconds=0.1, stop=True) -> None:
+async def send_audio(
+    client, pcm: bytes, rate=16000, width=2, channels=1, *, realtime=False, chunk_seconds=0.1, stop=True
+) -> None:
     await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
     step = int(rate * chunk_seconds) * width * channels
     for i in range(0, len(pcm), step):
-        await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[i:i + step]).event())
+        await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=pcm[i : i + step]).event())
         if realtime:
             await asyncio.sleep(chunk_seconds)
     if stop:
@@ -44,12 +45,17 @@ async def read_until(client, *types: str, timeout: float = 60.0) -> List[Event]:
                 return events
 
 
-async def start_server(uri: str, app, handler_class):
-    """Serve `app` with `handler_class` on `uri` in this process (tests and benchmarks)."""
-    from functools import partial
-
+async def start_server(uri: str, app):
+    """Serve `app` on `uri` in this process (tests and benchmarks)."""
     from shared.server import make_server
 
     server = make_server(uri)
-    await server.start(partial(handler_class, app=app))
+    await server.start(app.handler)
     return server
+
+
+def tts_args(tiny_dir, voices_dir, *extra) -> List[str]:
+    """TTS server options for the three tiny models and a voices folder."""
+    models = {"--model": "tts-custom-voice", "--clone-model": "tts-base", "--design-model": "tts-voice-design"}
+    options = [part for flag, name in models.items() for part in (flag, str(tiny_dir / name))]
+    return [*options, "--voices-dir", str(voices_dir), *extra]

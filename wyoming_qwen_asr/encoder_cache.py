@@ -62,16 +62,13 @@ class EncoderCache:
     def forward(self, input_features, feature_lens=None, aftercnn_lens=None):
         if feature_lens is None or feature_lens.numel() != 1:
             raise ValueError("the encoder cache handles one audio at a time, as get_audio_features calls it")
-        tower = self.tower
         n_frames = int(feature_lens[0])
         features = input_features[:, :n_frames]
         lengths = [self.chunk_frames] * (n_frames // self.chunk_frames)
         if n_frames % self.chunk_frames:
             lengths.append(n_frames % self.chunk_frames)
         chunks = list(features.T.split(lengths, dim=0))
-        keys: List[Optional[bytes]] = [
-            _digest(c) if len(c) == self.chunk_frames else None for c in chunks
-        ]
+        keys: List[Optional[bytes]] = [_digest(c) if len(c) == self.chunk_frames else None for c in chunks]
         embeds: List[Optional[torch.Tensor]] = [self._chunks.get_fresh(k) if k else None for k in keys]
         self.chunk_hits += sum(e is not None for e in embeds)
 
@@ -79,11 +76,19 @@ class EncoderCache:
         if missing:
             # as upstream: pad every chunk of the batch to the longest chunk of this audio
             longest = max(lengths)
-            batch = torch.nn.utils.rnn.pad_sequence(
-                [chunks[i] for i in missing] + ([features.new_zeros(longest, features.shape[0])]
-                                                 if max(lengths[i] for i in missing) < longest else []),
-                batch_first=True,
-            )[: len(missing)].transpose(1, 2).unsqueeze(1)
+            batch = (
+                torch.nn.utils.rnn.pad_sequence(
+                    [chunks[i] for i in missing]
+                    + (
+                        [features.new_zeros(longest, features.shape[0])]
+                        if max(lengths[i] for i in missing) < longest
+                        else []
+                    ),
+                    batch_first=True,
+                )[: len(missing)]
+                .transpose(1, 2)
+                .unsqueeze(1)
+            )
             computed = self._front_end(batch)
             for row, i in enumerate(missing):
                 valid = int(self._out_len(torch.tensor(lengths[i])))
@@ -97,9 +102,11 @@ class EncoderCache:
         outputs = []
         per_window = self.chunks_per_window
         for start_chunk in range(0, len(chunks), per_window):
-            window_keys = keys[start_chunk:start_chunk + per_window]
+            window_keys = keys[start_chunk : start_chunk + per_window]
             start = sum(e.shape[0] for e in embeds[:start_chunk])
-            window_hidden = hidden[start:start + sum(e.shape[0] for e in embeds[start_chunk:start_chunk + per_window])]
+            window_hidden = hidden[
+                start : start + sum(e.shape[0] for e in embeds[start_chunk : start_chunk + per_window])
+            ]
             full = len(window_keys) == per_window and all(window_keys) and len(window_hidden) == window_tokens
             key = b"".join(window_keys) if full else None
             cached = self._windows.get_fresh(key) if key else None

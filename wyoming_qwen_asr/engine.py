@@ -7,34 +7,22 @@ lives in `streaming.py`; this module only knows how to run the model.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+import torch
+
+from .model_io import SAMPLE_RATE, TOKEN_MARGIN
 
 _LOGGER = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-# Output cap from audio length, so a model that never emits EOS (random weights, a misbehaving
-# checkpoint) stops anyway. Real speech is 2-6 tokens per second in Qwen's tokenizer; the margin
-# covers the "language X<asr_text>" header.
-TOKENS_PER_SECOND = 12
-TOKEN_MARGIN = 24
-
-
-def max_new_tokens_for(seconds: float) -> int:
-    return int(math.ceil(TOKENS_PER_SECOND * max(seconds, 0.0))) + TOKEN_MARGIN
 
 
 class AsrEngine:
     """A loaded Qwen3-ASR model (`qwen_asr.Qwen3ASRModel`) plus the few calls the server needs."""
 
     def __init__(self, asr) -> None:
-        import torch
-
-        self._torch = torch
         self.asr = asr
         self.model = asr.model
         self.processor = asr.processor
@@ -58,9 +46,7 @@ class AsrEngine:
         from qwen_asr import Qwen3ASRModel
 
         imported = time.monotonic()
-        asr = Qwen3ASRModel.from_pretrained(
-            str(path), dtype=dtype, device_map=device, max_new_tokens=TOKEN_MARGIN
-        )
+        asr = Qwen3ASRModel.from_pretrained(str(path), dtype=dtype, device_map=device, max_new_tokens=TOKEN_MARGIN)
         _LOGGER.info(
             "Qwen3-ASR from %s on %s (%s): import %.2f s, load %.2f s",
             path,
@@ -78,9 +64,7 @@ class AsrEngine:
         return self.asr._build_text_prompt(context=context, force_language=language)
 
     def text(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(
-            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -97,7 +81,6 @@ class AsrEngine:
         `prefix_ids` are appended as ids (not re-tokenized text), so the model continues exactly the
         tokens it produced before. `should_stop` aborts generation between two tokens.
         """
-        torch = self._torch
         audio = pad_to_minimum(audio)
         inputs = self.processor(text=[prompt], audio=[audio], return_tensors="pt", padding=True)
         if prefix_ids:
@@ -125,11 +108,6 @@ class AsrEngine:
             generated.pop()
         return generated
 
-    def transcribe_batch(self, audio: np.ndarray, context: str, language: Optional[str]):
-        """The official one-shot `transcribe` (for comparison and benchmarks), with our output cap."""
-        self.asr.max_new_tokens = max_new_tokens_for(len(audio) / SAMPLE_RATE)
-        return self.asr.transcribe((audio, SAMPLE_RATE), context=context, language=language)[0]
-
 
 def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
     """Pad with silence to the official minimum input length (qwen_asr pads the same way)."""
@@ -147,9 +125,7 @@ def split_long_audio(audio: np.ndarray):
 
     return [
         part
-        for part, _offset in split_audio_into_chunks(
-            wav=audio, sr=SAMPLE_RATE, max_chunk_sec=MAX_ASR_INPUT_SECONDS
-        )
+        for part, _offset in split_audio_into_chunks(wav=audio, sr=SAMPLE_RATE, max_chunk_sec=MAX_ASR_INPUT_SECONDS)
     ]
 
 
@@ -176,21 +152,19 @@ def apply_encoder_windows(audio_tower) -> bool:
     """
     if audio_tower.config._attn_implementation == "flash_attention_2":
         return False
-    import torch
-
     for layer in audio_tower.layers:
         attention = layer.self_attn
-        attention.forward = _windowed(attention.forward, torch)
+        attention.forward = _windowed(attention.forward)
     return True
 
 
-def _windowed(forward, torch):
+def _windowed(forward):
     def windowed_forward(hidden_states, cu_seqlens=None, attention_mask=None, **kwargs):
         if cu_seqlens is None or attention_mask is not None or len(cu_seqlens) <= 2:
             return forward(hidden_states, cu_seqlens=cu_seqlens, attention_mask=attention_mask, **kwargs)
         bounds = cu_seqlens.tolist()
         outputs = []
-        for start, end in zip(bounds[:-1], bounds[1:]):
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             window = torch.tensor([0, end - start], dtype=cu_seqlens.dtype, device=cu_seqlens.device)
             outputs.append(forward(hidden_states[start:end], cu_seqlens=window, **kwargs))
         return torch.cat(outputs, dim=0)

@@ -1,8 +1,7 @@
-"""Wyoming events of one connection: describe, and transcriptions streamed as they are spoken."""
+"""The speech-to-text protocol of one connection: transcriptions streamed as they are spoken."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -10,25 +9,23 @@ from typing import Optional
 
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
-from wyoming.error import Error
-from wyoming.event import Event
-from wyoming.info import Describe
-from wyoming.ping import Ping, Pong
-from wyoming.server import AsyncEventHandler
+
+from shared.handler import ServerEventHandler, handles
+from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 
 from .app import AsrApp
 from .context import build_context
-from .engine import SAMPLE_RATE
-from .languages import UnsupportedLanguage, to_code, to_qwen_name
+from .model_io import SAMPLE_RATE
 from .session import StreamingSession
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class AsrEventHandler(AsyncEventHandler):
+class AsrEventHandler(ServerEventHandler):
+    app: AsrApp
+
     def __init__(self, reader, writer, app: AsrApp) -> None:
-        super().__init__(reader, writer)
-        self.app = app
+        super().__init__(reader, writer, app)
         self._request = Transcribe()
         self._session: Optional[StreamingSession] = None
         self._hold: Optional[contextlib.AsyncExitStack] = None
@@ -36,35 +33,6 @@ class AsrEventHandler(AsyncEventHandler):
         self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
         self._language: Optional[str] = None
         self._started_sent = False
-        self._write_lock = asyncio.Lock()
-        self._audio_stop_at = 0.0
-
-    async def write_event(self, event: Event) -> None:
-        async with self._write_lock:
-            await super().write_event(event)
-
-    async def handle_event(self, event: Event) -> bool:
-        if Describe.is_type(event.type):
-            await self.write_event(self.app.info.event())
-        elif Transcribe.is_type(event.type):
-            await self._on_transcribe(Transcribe.from_event(event))
-        elif AudioStart.is_type(event.type):
-            await self._on_audio_start(AudioStart.from_event(event))
-        elif AudioChunk.is_type(event.type):
-            await self._on_audio_chunk(AudioChunk.from_event(event))
-        elif AudioStop.is_type(event.type):
-            await self._on_audio_stop()
-        elif Ping.is_type(event.type):
-            # answered once the inference thread is free: the gateway's health probe relies on it
-            await self.app.manager.inference.run(lambda: None)
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
-        else:
-            await self._error(
-                f"Unexpected event {event.type!r}: this speech-to-text server understands describe, "
-                "transcribe, audio-start, audio-chunk and audio-stop",
-                "unknown-event",
-            )
-        return True
 
     async def disconnect(self) -> None:
         if self._session is not None:
@@ -73,21 +41,23 @@ class AsrEventHandler(AsyncEventHandler):
 
     # -- events ---------------------------------------------------------------------------------
 
+    @handles(Transcribe)
     async def _on_transcribe(self, request: Transcribe) -> None:
         if self._session is not None:
             await self._end_session(cancel=True)
         self._request = request
         try:
-            self._language = to_qwen_name(request.language) or self.app.default_language
+            self._language = ASR_LANGUAGES.to_qwen_name(request.language) or self.app.default_language
         except UnsupportedLanguage as err:
             self._request = Transcribe()
             self._language = None
-            await self._error(str(err), "unsupported-language")
+            await self.error(str(err), "unsupported-language")
 
+    @handles(AudioStart)
     async def _on_audio_start(self, start: AudioStart) -> None:
         if self._session is not None:
             await self._end_session(cancel=True)
-            await self._error("audio-start arrived during a transcription; the old one was dropped", "protocol")
+            await self.error("audio-start arrived during a transcription; the old one was dropped", "protocol")
         self._format = (start.rate, start.width, start.channels)
         if self._language is None:
             self._language = self.app.default_language
@@ -109,9 +79,10 @@ class AsrEventHandler(AsyncEventHandler):
         )
         _LOGGER.debug("Transcription started: %s, language=%s", self._format, self._language)
 
+    @handles(AudioChunk)
     async def _on_audio_chunk(self, chunk: AudioChunk) -> None:
         if self._session is None:
-            await self._error(
+            await self.error(
                 "audio-chunk arrived before audio-start: send transcribe (optional), audio-start, "
                 "then audio-chunk events",
                 "protocol",
@@ -120,7 +91,7 @@ class AsrEventHandler(AsyncEventHandler):
         if (chunk.rate, chunk.width, chunk.channels) != self._format:
             announced = self._format
             await self._end_session(cancel=True)
-            await self._error(
+            await self.error(
                 f"audio-chunk format {chunk.rate} Hz/{chunk.width} bytes/{chunk.channels} ch differs "
                 f"from audio-start's {announced[0]} Hz/{announced[1]} bytes/{announced[2]} ch; "
                 "the transcription was dropped",
@@ -129,13 +100,14 @@ class AsrEventHandler(AsyncEventHandler):
             return
         if chunk.width not in (1, 2, 3, 4) or len(chunk.audio) % (chunk.width * chunk.channels):
             await self._end_session(cancel=True)
-            await self._error("audio-chunk holds a partial sample frame; the transcription was dropped", "audio-format")
+            await self.error("audio-chunk holds a partial sample frame; the transcription was dropped", "audio-format")
             return
         self._session.add_audio(self._converter.convert(chunk).audio)
 
-    async def _on_audio_stop(self) -> None:
+    @handles(AudioStop)
+    async def _on_audio_stop(self, _stop: AudioStop) -> None:
         if self._session is None:
-            await self._error("audio-stop arrived without audio-start", "protocol")
+            await self.error("audio-stop arrived without audio-start", "protocol")
             return
         session, started = self._session, time.monotonic()
         try:
@@ -143,13 +115,13 @@ class AsrEventHandler(AsyncEventHandler):
         except Exception as err:  # the model failed: tell the client, keep serving
             _LOGGER.exception("Transcription failed")
             await self._end_session(cancel=True)
-            await self._error(f"Transcription failed: {err}", "transcription-failed")
+            await self.error(f"Transcription failed: {err}", "transcription-failed")
             return
-        language = to_code(result.language)
+        language = ASR_LANGUAGES.to_code(result.language)
         sent = session.sent_text
         if not result.text.startswith(sent):  # cannot happen by construction; never lose text
             _LOGGER.warning("Final transcript does not extend the streamed text: %r vs %r", result.text, sent)
-        rest = result.text[len(sent):] if result.text.startswith(sent) else ""
+        rest = result.text[len(sent) :] if result.text.startswith(sent) else ""
         if rest:
             await self._send_piece(result.language, rest)
         if not self._started_sent:
@@ -172,7 +144,9 @@ class AsrEventHandler(AsyncEventHandler):
     async def _send_piece(self, language_name: Optional[str], piece: str) -> None:
         if not self._started_sent:
             self._started_sent = True
-            await self.write_event(TranscriptStart(language=to_code(language_name or self._language)).event())
+            await self.write_event(
+                TranscriptStart(language=ASR_LANGUAGES.to_code(language_name or self._language)).event()
+            )
         await self.write_event(TranscriptChunk(text=piece).event())
 
     async def _end_session(self, cancel: bool) -> None:
@@ -186,7 +160,3 @@ class AsrEventHandler(AsyncEventHandler):
         self._language = None
         self._format = None
         self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
-
-    async def _error(self, text: str, code: str) -> None:
-        _LOGGER.warning("Client error (%s): %s", code, text)
-        await self.write_event(Error(text=text, code=code).event())

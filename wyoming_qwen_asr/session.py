@@ -12,15 +12,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, List, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional
 
 import numpy as np
 
 from shared.inference import Priority
 from shared.model_manager import ModelHandle
 
-from .engine import SAMPLE_RATE, AsrEngine, max_new_tokens_for, split_long_audio
+from .model_io import SAMPLE_RATE, max_new_tokens_for
 from .streaming import CommittedPrefix, committed_text, final_text
+
+if TYPE_CHECKING:
+    from .engine import AsrEngine
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,7 +92,12 @@ class StreamingSession:
             return Result(self._language, "")
         started = time.monotonic()
         audio = self._audio(samples)
-        parts = split_long_audio(audio) if samples > self._window_samples else [audio]
+        if samples > self._window_samples:
+            from .engine import split_long_audio
+
+            parts = split_long_audio(audio)
+        else:
+            parts = [audio]
         if self._last_output is not None and self._last_output[0] == samples:
             raw = self._last_output[1]  # no audio since the last step: its whole output is final
         else:
@@ -152,25 +160,23 @@ class StreamingSession:
             )
             language, text = committed_text(raw, self._language)
             if len(text) > len(self._sent) and text.startswith(self._sent):
-                piece, self._sent = text[len(self._sent):], text
+                piece, self._sent = text[len(self._sent) :], text
                 await self._on_text(language, piece)
 
     def _audio(self, samples: int) -> np.ndarray:
         pcm = np.frombuffer(bytes(self._pcm[: samples * 2]), dtype=np.int16)
         return pcm.astype(np.float32) / 32768.0
 
-    def _run_decode(self, engine: AsrEngine, audio: np.ndarray, prefix: List[int]) -> List[int]:
+    def _run_decode(self, engine: "AsrEngine", audio: np.ndarray, prefix: List[int]) -> List[int]:
         if self._prompt is None:
             self._prompt = engine.prompt(self._context, self._language)
         cap = max(max_new_tokens_for(len(audio) / SAMPLE_RATE) - len(prefix), 8)
-        return engine.decode(
-            audio, self._prompt, prefix, max_new_tokens=cap, should_stop=lambda: self._abort
-        )
+        return engine.decode(audio, self._prompt, prefix, max_new_tokens=cap, should_stop=lambda: self._abort)
 
     async def _step(self, audio: np.ndarray) -> Optional[str]:
         """One streaming step; returns the committed raw text, or None when it was aborted."""
 
-        def job(engine: AsrEngine) -> Optional[str]:
+        def job(engine: "AsrEngine") -> Optional[str]:
             generated = self._run_decode(engine, audio, self._committed.ids)
             if self._abort:
                 # cut short by audio-stop: its tokens are as good as any step's, minus the rollback
@@ -185,7 +191,7 @@ class StreamingSession:
     async def _decode(self, audio: np.ndarray, prefix: List[int]) -> str:
         """Raw output (prefix included) of one decode over `audio`."""
 
-        def job(engine: AsrEngine) -> str:
+        def job(engine: "AsrEngine") -> str:
             return engine.text(list(prefix) + self._run_decode(engine, audio, list(prefix)))
 
         return await self._handle.run(job, Priority.REALTIME)

@@ -52,7 +52,7 @@ def split_output(raw: str, forced_language: Optional[str]) -> Tuple[Optional[str
     for line in meta.splitlines():
         line = line.strip()
         if line.lower().startswith(LANGUAGE_PREFIX):
-            value = line[len(LANGUAGE_PREFIX):].strip()
+            value = line[len(LANGUAGE_PREFIX) :].strip()
             if value and value.lower() != "none":
                 language = value[:1].upper() + value[1:].lower()
             break

@@ -68,8 +68,8 @@ class ClonePromptCache:
         if not path.exists():
             return None
         try:
-            from safetensors import safe_open
             from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
+            from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -79,9 +79,15 @@ class ClonePromptCache:
                 ref_code = f.get_tensor("ref_code") if "ref_code" in f.keys() else None
                 embedding = f.get_tensor("ref_spk_embedding")
             icl = meta.get("icl_mode") == "1"
-            return [VoiceClonePromptItem(ref_code=ref_code, ref_spk_embedding=embedding,
-                                         x_vector_only_mode=not icl, icl_mode=icl,
-                                         ref_text=meta.get("ref_text"))]
+            return [
+                VoiceClonePromptItem(
+                    ref_code=ref_code,
+                    ref_spk_embedding=embedding,
+                    x_vector_only_mode=not icl,
+                    icl_mode=icl,
+                    ref_text=meta.get("ref_text"),
+                )
+            ]
         except Exception as err:  # a damaged cache is rebuilt, never trusted
             _LOGGER.warning("Ignoring unreadable clone prompt cache %s: %s", path, err)
             return None
@@ -93,8 +99,12 @@ class ClonePromptCache:
         tensors = {"ref_spk_embedding": item.ref_spk_embedding.detach().cpu().contiguous()}
         if item.ref_code is not None:
             tensors["ref_code"] = item.ref_code.detach().cpu().contiguous()
-        meta = {"reference": digest, "model": self.model_id, "icl_mode": "1" if item.icl_mode else "0",
-                "ref_text": item.ref_text or ""}
+        meta = {
+            "reference": digest,
+            "model": self.model_id,
+            "icl_mode": "1" if item.icl_mode else "0",
+            "ref_text": item.ref_text or "",
+        }
         path = cache_path(folder, self.model_id)
         try:
             save_file(tensors, str(path), metadata=meta)

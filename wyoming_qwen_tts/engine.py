@@ -54,8 +54,12 @@ class TtsEngine:
         tts = Qwen3TTSModel.from_pretrained(str(path), dtype=dtype, device_map=device)
         _LOGGER.info(
             "Qwen3-TTS %s from %s on %s (%s): import %.2f s, load %.2f s",
-            tts.model.tts_model_type, path, device, str(dtype).replace("torch.", ""),
-            imported - started, time.monotonic() - imported,
+            tts.model.tts_model_type,
+            path,
+            device,
+            str(dtype).replace("torch.", ""),
+            imported - started,
+            time.monotonic() - imported,
         )
         return cls(tts, model_id)
 
@@ -105,7 +109,8 @@ class TtsEngine:
     def _official_call(self, text: str, voice: Voice, language: Optional[str], max_frames: int):
         """The official wrapper call for this voice kind, ready to run."""
         # the wrapper's max_new_tokens=N yields at most N - 1 frames
-        kwargs = dict(text=text, language=language or "auto", max_new_tokens=max_frames + 1)
+        # qwen-tts spells its languages in lower case (it lower-cases what it is given, too)
+        kwargs = dict(text=text, language=(language or "auto").lower(), max_new_tokens=max_frames + 1)
         if voice.kind == PRESET:
             return lambda: self.tts.generate_custom_voice(speaker=voice.name, **kwargs)
         if voice.kind == CLONE:

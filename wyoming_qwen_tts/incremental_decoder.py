@@ -50,7 +50,7 @@ class IncrementalDecoder:
         before = self._codes if self._codes is not None else new[..., :0]
         window = torch.cat([before, new], dim=-1)
         self._codes = window[..., -2:]
-        hidden = decoder.pre_conv(decoder.quantizer.decode(window))[..., before.shape[-1]:].transpose(1, 2)
+        hidden = decoder.pre_conv(decoder.quantizer.decode(window))[..., before.shape[-1] :].transpose(1, 2)
         hidden = decoder.pre_transformer(
             inputs_embeds=hidden,
             past_key_values=self._cache,
@@ -59,7 +59,7 @@ class IncrementalDecoder:
         ).last_hidden_state.permute(0, 2, 1)
         self._position += n
         context = self._hidden if self._hidden is not None else hidden[..., :0]
-        self._hidden = torch.cat([context, hidden], dim=-1)[..., -self.context_frames:]
+        self._hidden = torch.cat([context, hidden], dim=-1)[..., -self.context_frames :]
         if not want_audio:
             return None
         x = torch.cat([context, hidden], dim=-1)
@@ -68,5 +68,5 @@ class IncrementalDecoder:
                 x = block(x)
         for block in decoder.decoder:
             x = block(x)
-        audio = x[0, 0, context.shape[-1] * self.samples_per_frame:].clamp(min=-1, max=1)
+        audio = x[0, 0, context.shape[-1] * self.samples_per_frame :].clamp(min=-1, max=1)
         return audio.float().cpu().numpy()

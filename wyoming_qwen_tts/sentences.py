@@ -15,8 +15,34 @@ from sentence_stream import SentenceBoundaryDetector
 
 MAX_SENTENCE_CHARS = 300
 _ABBREVIATIONS = {
-    "prof", "approx", "dept", "est", "etc", "vs", "no", "nr", "ca", "bzw", "usw", "ggf", "z.b", "u.a",
-    "d.h", "e.g", "i.e", "gen", "col", "capt", "sgt", "lt", "gov", "sen", "rep", "st", "jr", "sr",
+    "prof",
+    "approx",
+    "dept",
+    "est",
+    "etc",
+    "vs",
+    "no",
+    "nr",
+    "ca",
+    "bzw",
+    "usw",
+    "ggf",
+    "z.b",
+    "u.a",
+    "d.h",
+    "e.g",
+    "i.e",
+    "gen",
+    "col",
+    "capt",
+    "sgt",
+    "lt",
+    "gov",
+    "sen",
+    "rep",
+    "st",
+    "jr",
+    "sr",
 }
 _LAST_WORD = re.compile(r"(\S+)\.$")
 _CLAUSE_BREAK = re.compile(r"[,;:，；：、]\s*")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .languages import CODE_TO_NAME, codes_for, to_qwen_name
+from shared.hub_cache import find_cached
+from shared.languages import TTS_LANGUAGES, UnsupportedLanguage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ OFFICIAL_SPEAKERS = {
     "ono_anna": "Ono Anna: playful female voice (Japanese)",
     "sohee": "Sohee: warm female voice (Korean)",
 }
-ALL_LANGUAGE_NAMES = list(CODE_TO_NAME.values())
 
 
 @dataclass(frozen=True)
@@ -63,36 +63,8 @@ class UnknownVoice(KeyError):
 
 def read_model_config(model: str, data_dirs: Optional[Sequence[str]] = None) -> Optional[dict]:
     """config.json of a local model directory or of a hub model already in a cache, else None."""
-    if os.path.isdir(model):
-        path = Path(model) / "config.json"
-        return json.loads(path.read_text()) if path.exists() else None
-    for cache_dir in list(data_dirs or []) + [_default_hub_cache()]:
-        path = _cached_file(Path(cache_dir), model, "config.json")
-        if path is not None:
-            return json.loads(path.read_text())
-    return None
-
-
-def _default_hub_cache() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return os.path.join(home, "hub")
-
-
-def _cached_file(cache_dir: Path, repo_id: str, filename: str) -> Optional[Path]:
-    """A file of a hub model in a Hugging Face cache (`models--org--name/snapshots/<rev>/`).
-
-    Read by hand rather than with huggingface_hub, whose import adds ~11 MiB to the gateway that
-    answers `describe`.
-    """
-    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    try:
-        revision = (repo / "refs" / "main").read_text().strip()
-    except OSError:
-        return None
-    path = repo / "snapshots" / revision / filename
-    return path if path.is_file() else None
+    path = Path(model) / "config.json" if os.path.isdir(model) else find_cached(model, data_dirs or (), "config.json")
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def preset_voices(model: str, data_dirs: Optional[Sequence[str]] = None) -> List[Voice]:
@@ -100,12 +72,13 @@ def preset_voices(model: str, data_dirs: Optional[Sequence[str]] = None) -> List
     if config is not None:
         talker = config.get("talker_config", {})
         speakers = sorted(talker.get("spk_id", {}))
-        languages = codes_for(talker.get("codec_language_id", {}))
+        languages = TTS_LANGUAGES.codes_of(talker.get("codec_language_id", {}))
     else:
-        speakers, languages = list(OFFICIAL_SPEAKERS), codes_for(ALL_LANGUAGE_NAMES)
+        speakers, languages = list(OFFICIAL_SPEAKERS), list(TTS_LANGUAGES.codes)
     return [
-        Voice(name=s, kind=PRESET, description=OFFICIAL_SPEAKERS.get(s, s.replace("_", " ").title()),
-              languages=languages)
+        Voice(
+            name=s, kind=PRESET, description=OFFICIAL_SPEAKERS.get(s, s.replace("_", " ").title()), languages=languages
+        )
         for s in speakers
     ]
 
@@ -117,17 +90,32 @@ def folder_voices(voices_dir: Optional[str]) -> List[Voice]:
     for folder in sorted(Path(voices_dir).iterdir()):
         if not folder.is_dir() or folder.name.startswith("."):
             continue
-        language = _read_text(folder / "language.txt")
-        qwen_language = to_qwen_name(language) if language else None
-        languages = codes_for([qwen_language]) if qwen_language else codes_for(ALL_LANGUAGE_NAMES)
+        qwen_language = _voice_language(folder)
+        languages = TTS_LANGUAGES.codes_of([qwen_language]) if qwen_language else list(TTS_LANGUAGES.codes)
         if (folder / "reference.wav").is_file() and (folder / "reference.txt").is_file():
-            voices.append(Voice(name=folder.name, kind=CLONE, description=f"{folder.name} (cloned voice)",
-                                languages=languages, language=qwen_language, folder=folder))
+            voices.append(
+                Voice(
+                    name=folder.name,
+                    kind=CLONE,
+                    description=f"{folder.name} (cloned voice)",
+                    languages=languages,
+                    language=qwen_language,
+                    folder=folder,
+                )
+            )
         elif (folder / "description.txt").is_file():
             description = _read_text(folder / "description.txt")
-            voices.append(Voice(name=folder.name, kind=DESIGN, description=f"{folder.name}: {description}"[:200],
-                                languages=languages, language=qwen_language, folder=folder,
-                                instruct=description))
+            voices.append(
+                Voice(
+                    name=folder.name,
+                    kind=DESIGN,
+                    description=f"{folder.name}: {description}"[:200],
+                    languages=languages,
+                    language=qwen_language,
+                    folder=folder,
+                    instruct=description,
+                )
+            )
         else:
             _LOGGER.debug("Skipping %s: no reference.wav + reference.txt, no description.txt", folder)
     return voices
@@ -151,6 +139,15 @@ def find_voice(voices: Dict[str, Voice], name: str) -> Voice:
     if name.lower() in lowered:
         return voices[lowered[name.lower()]]
     raise UnknownVoice(name, list(voices))
+
+
+def _voice_language(folder: Path) -> Optional[str]:
+    language = _read_text(folder / "language.txt")
+    try:
+        return TTS_LANGUAGES.to_qwen_name(language)
+    except UnsupportedLanguage as err:
+        _LOGGER.warning("Ignoring %s: %s", folder / "language.txt", err)
+        return None
 
 
 def _read_text(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""One request being read aloud: sentences go in as they become known, audio events come out in order.
+"""One spoken reply: the sentences of a request go in as they become known, audio events come out in order.
 
 Sentences are synthesized one at a time on the shared inference thread. The first sentence of a
 request runs at real-time priority and later ones at bulk priority, so a new request's first sentence
@@ -26,7 +26,8 @@ from .voices import Voice
 
 _LOGGER = logging.getLogger(__name__)
 
-class Reading:
+
+class SpokenReply:
     def __init__(
         self,
         manager: ModelManager,
@@ -51,7 +52,7 @@ class Reading:
         self._started_at = time.monotonic()
         self.first_audio_at: Optional[float] = None
         self.sentences_done = 0
-        self._task = asyncio.create_task(self._run(), name=f"reading {voice.name}")
+        self._task = asyncio.create_task(self._run(), name=f"reply in {voice.name}")
 
     def add(self, sentence: str) -> None:
         self._queue.put_nowait(sentence)
@@ -65,7 +66,9 @@ class Reading:
         await self._write_event(AudioStop().event())
         _LOGGER.info(
             "Read %d sentences with %s in %.2f s (first audio after %s)",
-            self.sentences_done, self.voice.name, time.monotonic() - self._started_at,
+            self.sentences_done,
+            self.voice.name,
+            time.monotonic() - self._started_at,
             "-" if self.first_audio_at is None else f"{self.first_audio_at - self._started_at:.2f} s",
         )
 
@@ -91,7 +94,10 @@ class Reading:
                     seconds = await self._stream_sentence(model, sentence, priority)
                 _LOGGER.debug(
                     "Sentence of %d chars -> %.2f s of audio in %.2f s: %s",
-                    len(sentence), seconds, time.monotonic() - started, sentence,
+                    len(sentence),
+                    seconds,
+                    time.monotonic() - started,
+                    sentence,
                 )
                 self.sentences_done += 1
 
@@ -104,11 +110,14 @@ class Reading:
         def emit(audio) -> None:  # on the inference thread
             loop.call_soon_threadsafe(audio_out.put_nowait, audio)
 
-        job = asyncio.ensure_future(model.run(
-            lambda engine: engine.stream(
-                sentence, self.voice, self.language, emit, stop.is_set, self._first_chunk_frames),
-            priority,
-        ))
+        job = asyncio.ensure_future(
+            model.run(
+                lambda engine: engine.stream(
+                    sentence, self.voice, self.language, emit, stop.is_set, self._first_chunk_frames
+                ),
+                priority,
+            )
+        )
         samples = 0
         try:
             while not (job.done() and audio_out.empty()):
@@ -136,6 +145,4 @@ class Reading:
         if self.first_audio_at is None and len(audio):
             self.first_audio_at = time.monotonic()
         for piece in chunks(float_to_pcm16(audio), self._samples_per_chunk):
-            await self._write_event(
-                AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=piece).event()
-            )
+            await self._write_event(AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=piece).event())

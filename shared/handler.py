@@ -1,0 +1,88 @@
+"""The part of a connection's handler that both servers share: writes, describe, ping, errors, dispatch.
+
+Each server's handler marks the methods of its own protocol with `@handles(EventClass)`; everything
+else is here.
+Unknown event types are ignored and logged at debug level, as the other Wyoming servers do: the
+protocol keeps adding events (`select-program` in wyoming 1.10), and a client may send them to any
+server. A known event whose data cannot be read gets an `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, List, Tuple
+
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler
+
+_LOGGER = logging.getLogger(__name__)
+
+Method = Callable[[Any, Any], Awaitable[None]]
+
+
+def handles(event_class: Any) -> Callable[[Method], Method]:
+    """Mark a handler method as the one for `event_class` (a `wyoming` event class): the base parses
+    the event with `event_class.from_event` and calls the method with the result."""
+
+    def mark(method: Method) -> Method:
+        method.handled_event = event_class  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class ServerEventHandler(AsyncEventHandler):
+    """One client connection of a model server. `app` supplies `describe()` and `manager`."""
+
+    _routes: List[Tuple[Any, Method]] = []  # per subclass: (event class, method)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        marked = [(m.handled_event, m) for m in vars(cls).values() if hasattr(m, "handled_event")]
+        cls._routes = [*cls._routes, *marked]
+
+    def __init__(self, reader, writer, app) -> None:
+        super().__init__(reader, writer)
+        self.app = app
+        # replies of one connection come from several tasks; frames must not interleave
+        self._write_lock = asyncio.Lock()
+
+    async def write_event(self, event: Event) -> None:
+        async with self._write_lock:
+            await super().write_event(event)
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(self.app.describe())
+        elif Ping.is_type(event.type):
+            await self._pong(event)
+        else:
+            await self._dispatch(event)
+        return True
+
+    async def error(self, text: str, code: str) -> None:
+        """Tell the client what went wrong with its request; the connection stays open."""
+        _LOGGER.warning("Client error (%s): %s", code, text)
+        await self.write_event(Error(text=text, code=code).event())
+
+    async def _dispatch(self, event: Event) -> None:
+        route = next(((c, m) for c, m in self._routes if c.is_type(event.type)), None)
+        if route is None:
+            _LOGGER.debug("Ignoring event of unknown type %r", event.type)
+            return
+        event_class, method = route
+        try:
+            parsed = event_class.from_event(event)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            await self.error(f"Could not read the {event.type} event ({type(err).__name__}: {err})", "malformed-event")
+            return
+        await method(self, parsed)
+
+    async def _pong(self, event: Event) -> None:
+        # answered once the inference thread is free: the gateway's health probe relies on it
+        await self.app.manager.inference.run(lambda: None)
+        await self.write_event(Pong(text=Ping.from_event(event).text).event())

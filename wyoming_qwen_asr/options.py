@@ -1,0 +1,43 @@
+"""The speech-to-text server's command line (the options both servers have are in `shared.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from shared.cli import EnvArgumentParser, server_parser
+from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
+
+
+def build_parser() -> EnvArgumentParser:
+    parser = server_parser(
+        "asr",
+        10300,
+        "Wyoming speech-to-text server on Qwen3-ASR with streaming partial transcripts",
+        "Hub id (Qwen/Qwen3-ASR-0.6B, Qwen/Qwen3-ASR-1.7B) or local directory; auto: 1.7B on CUDA, 0.6B on CPU",
+    )
+    parser.add_argument(
+        "--language",
+        default=None,
+        help="Language for requests that name none (code such as en or a name); default: detect",
+    )
+    parser.add_argument("--context", default="", help="Biasing text added to every request's context")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=2.0,
+        help="Streaming step: a partial transcript is decoded after each this much new audio",
+    )
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chunk_seconds <= 0:
+        parser.error("--chunk-seconds must be above 0")
+    try:
+        ASR_LANGUAGES.to_qwen_name(args.language)
+    except UnsupportedLanguage as err:
+        parser.error(str(err))
+    return args
