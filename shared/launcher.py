@@ -52,6 +52,13 @@ def main(kind: ServerKind, argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = kind.parse_args(argv)
     setup_logging(args)
+    if args.worker_of is None:  # a worker's gateway has checked already
+        from .cpu_check import check_cpu
+
+        problem = check_cpu()
+        if problem is not None:
+            _LOGGER.error("%s", problem)
+            sys.exit(1)
     try:
         asyncio.run(launch(kind, args, argv))
     except KeyboardInterrupt:

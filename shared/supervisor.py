@@ -139,6 +139,10 @@ class WorkerSupervisor:
         _LOGGER.info("Started worker pid %s", process.pid)
         asyncio.create_task(self._watch(process))
         while True:
+            if process.returncode == -signal.SIGILL:
+                from .cpu_check import sigill_explanation
+
+                self._failed(sigill_explanation())
             if process.returncode is not None:
                 self._failed(f"it exited with code {process.returncode} before listening")
             if time.monotonic() - started > self._start_timeout:

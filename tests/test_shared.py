@@ -256,3 +256,45 @@ def test_reply_trackers_say_when_a_client_waits():
         "<synthesize-stopped",
         "synthesize",
     ) == [False, False, True, True, False, True]
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: Intel(R) Celeron(R) J4125 CPU @ 2.00GHz\nflags\t\t: fpu sse sse2 {extra}\n"
+SIGILL_PROBE = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)")
+
+
+def test_a_cpu_that_cannot_run_torch_is_named_in_one_line(tmp_path):
+    from shared.cpu_check import check_cpu, missing_instructions
+
+    assert missing_instructions(CPUINFO.format(extra="avx avx2 avx512f")) == []
+    assert missing_instructions(CPUINFO.format(extra="avx")) == ["avx2"]
+    problem = check_cpu(CPUINFO.format(extra="sse4_2"), probe=SIGILL_PROBE)
+    assert problem is not None and "\n" not in problem
+    assert "Celeron(R) J4125" in problem and "lacks AVX and AVX2" in problem and "Illegal instruction" in problem
+    # a probe that runs: only slower, no refusal
+    assert check_cpu(CPUINFO.format(extra="avx"), probe=(sys.executable, "-c", "pass")) is None
+    # with AVX2 present no probe runs at all
+    marker = tmp_path / "probed"
+    probe = (sys.executable, "-c", f"open({str(marker)!r}, 'w')")
+    assert check_cpu(CPUINFO.format(extra="avx avx2"), probe=probe) is None and not marker.exists()
+
+
+def test_the_server_refuses_to_start_on_such_a_cpu_with_that_line(monkeypatch, caplog):
+    import shared.cpu_check
+    from shared.launcher import main
+    from wyoming_qwen_asr.kind import KIND
+
+    monkeypatch.setattr(shared.cpu_check, "check_cpu", lambda: "This CPU lacks AVX2, which this PyTorch build needs")
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        main(KIND, ["--uri", "tcp://127.0.0.1:0"])
+    assert exit_info.value.code == 1
+    assert "lacks AVX2" in caplog.text
+
+
+async def test_a_worker_killed_by_an_illegal_instruction_is_explained(tmp_path, monkeypatch):
+    from shared.supervisor import WorkerSupervisor, WorkerUnavailable
+
+    (tmp_path / "sigill_worker.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    supervisor = WorkerSupervisor("sigill_worker", [])
+    with pytest.raises(WorkerUnavailable, match="Illegal instruction"):
+        await supervisor.start()
