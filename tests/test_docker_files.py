@@ -49,8 +49,11 @@ def test_hadolint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_shellcheck_is_clean_on_install_server():
-    result = run(BIN / "shellcheck", ROOT / "script" / "install-server")
+def test_shellcheck_is_clean_on_every_script():
+    """script/install-server and the other scripts of the repository (the add-on's are in test_addon.py)."""
+    scripts = [*sorted((ROOT / "script").iterdir()), ROOT / ".ci" / "run"]
+    assert ROOT / "script" / "install-server" in scripts and len(scripts) >= 8
+    result = run(BIN / "shellcheck", "--shell=bash", *scripts)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
