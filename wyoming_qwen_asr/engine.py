@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .model_io import SAMPLE_RATE, TOKEN_MARGIN
+from .streaming import MAX_REPEAT_PATTERN, REPEAT_THRESHOLD, loops_at_end
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,17 +42,24 @@ class AsrEngine:
             self.encoder_cache = EncoderCache(tower)
 
     @classmethod
-    def load(cls, path: Path, device: str, dtype) -> "AsrEngine":
+    def load(cls, path: Path, device: str, dtype, attention: Optional[str] = None) -> "AsrEngine":
+        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run."""
         started = time.monotonic()
         from qwen_asr import Qwen3ASRModel
 
+        from shared.devices import attention_implementation
+
+        attention = attention or attention_implementation(device, dtype)
         imported = time.monotonic()
-        asr = Qwen3ASRModel.from_pretrained(str(path), dtype=dtype, device_map=device, max_new_tokens=TOKEN_MARGIN)
+        asr = Qwen3ASRModel.from_pretrained(
+            str(path), dtype=dtype, device_map=device, attn_implementation=attention, max_new_tokens=TOKEN_MARGIN
+        )
         _LOGGER.info(
-            "Qwen3-ASR from %s on %s (%s): import %.2f s, load %.2f s",
+            "Qwen3-ASR from %s on %s (%s, attention %s): import %.2f s, load %.2f s",
             path,
             device,
             str(dtype).replace("torch.", ""),
+            attention,
             imported - started,
             time.monotonic() - imported,
         )
@@ -83,23 +91,17 @@ class AsrEngine:
         """
         audio = pad_to_minimum(audio)
         inputs = self.processor(text=[prompt], audio=[audio], return_tensors="pt", padding=True)
+        n_prompt = inputs["input_ids"].shape[1]
         if prefix_ids:
-            extra = torch.tensor([list(prefix_ids)], dtype=inputs["input_ids"].dtype)
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+            ids = inputs["input_ids"]
+            extra = torch.tensor([list(prefix_ids)], dtype=ids.dtype, device=ids.device)
+            inputs["input_ids"] = torch.cat([ids, extra], dim=1)
             inputs["attention_mask"] = torch.cat(
                 [inputs["attention_mask"], torch.ones_like(extra, dtype=inputs["attention_mask"].dtype)],
                 dim=1,
             )
         inputs = inputs.to(self.device).to(self.dtype)
-        kwargs = {}
-        if should_stop is not None:
-            from transformers import StoppingCriteria, StoppingCriteriaList
-
-            class _Abort(StoppingCriteria):
-                def __call__(self, input_ids, scores, **_kw):
-                    return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool)
-
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_Abort()])
+        kwargs = {"stopping_criteria": self.stopping_criteria(n_prompt, should_stop)}
         n_in = inputs["input_ids"].shape[1]
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max(1, max_new_tokens), **kwargs)
@@ -107,6 +109,30 @@ class AsrEngine:
         while generated and generated[-1] in self._special_ids:
             generated.pop()
         return generated
+
+    def stopping_criteria(self, n_prompt: int, should_stop: Optional[Callable[[], bool]] = None):
+        """Stop between two tokens on `should_stop()`, or once the output (prefix included) ends in a loop.
+
+        A trained model can fall into repeating a phrase until the output cap; the official transcript
+        keeps one copy of such a loop (`detect_and_fix_repetitions`), so decoding further only costs time.
+        The flags are created on `input_ids`'s device: transformers ORs them with its own on that device.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        engine = self
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_kw):
+                stop = should_stop is not None and bool(should_stop())
+                if not stop:
+                    # a loop spans at most REPEAT_THRESHOLD * MAX_REPEAT_PATTERN characters
+                    start = max(n_prompt, input_ids.shape[1] - REPEAT_THRESHOLD * MAX_REPEAT_PATTERN)
+                    stop = loops_at_end(engine.text(input_ids[0, start:].tolist()))
+                    if stop:
+                        _LOGGER.debug("Output loops; decoding stopped after %d tokens", input_ids.shape[1] - n_prompt)
+                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+        return StoppingCriteriaList([_Stop()])
 
 
 def pad_to_minimum(audio: np.ndarray) -> np.ndarray:

@@ -105,9 +105,10 @@ class StreamingSession:
         texts = [raw]
         for part in parts[1:]:
             texts.append(await self._decode(part, prefix=[]))
-        language, text = final_text(texts[0], self._language)
-        for more in texts[1:]:
-            text += final_text(more, self._language)[1]
+        # as the official transcribe: each part parsed (repetition fix included), the texts joined
+        parsed = [final_text(raw_part, self._language) for raw_part in texts]
+        text = "".join(part_text for _language, part_text in parsed)
+        language = next((part_language for part_language, _text in parsed if part_language), None)
         _LOGGER.debug(
             "Final step over %.2f s of audio in %.3f s (%d streaming steps)",
             samples / SAMPLE_RATE,

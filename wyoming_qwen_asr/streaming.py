@@ -6,11 +6,14 @@ and goes out at once; the last K tokens stay open because new audio may still ch
 
 Unlike the official code this keeps token ids (no re-tokenizing of decoded text) and never lets the
 committed prefix shrink, so the committed text only grows and the pieces sent out always add up to
-the final transcript. No torch here: the model is reached through the engine.
+the final transcript. Committed text that the official repetition fix could still cut is held back
+(`committed_text`), and the final transcript is the official parse (`final_text`). No torch here: the
+model is reached through the engine.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -60,14 +63,83 @@ def split_output(raw: str, forced_language: Optional[str]) -> Tuple[Optional[str
 
 
 def committed_text(raw: str, forced_language: Optional[str]) -> Tuple[Optional[str], str]:
-    """The part of committed output that is safe to send: no half character, no trailing space."""
-    language, text = split_output(raw, forced_language)
+    """The part of committed output that is safe to send: no half character, no trailing space, and
+    nothing the official repetition fix (`detect_and_fix_repetitions`) may yet remove.
+
+    The fix keeps the first copy of a phrase repeated `REPEAT_THRESHOLD` times and drops the rest, so
+    text is held back from the second copy of any pattern the output repeats at its end (it may go on
+    repeating) or repeats `REPEAT_THRESHOLD` times anywhere. Text sent is never taken back.
+    """
+    raw = raw.lstrip().rstrip("\ufffd")
+    language, text = split_output(raw[: repetition_safe_length(raw)], forced_language)
     return language, (text or "").rstrip("\ufffd").rstrip()
 
 
 def final_text(raw: str, forced_language: Optional[str]) -> Tuple[Optional[str], str]:
-    """Language and transcript of a final output (no tag at all means the output is all text)."""
-    language, text = split_output(raw, forced_language)
-    if text is None:
-        return None, raw.strip()
-    return language, text.rstrip()
+    """Language (None when not detected) and transcript of a final output: the official parser,
+    repetition fix included (no tag at all means the output is all text)."""
+    from qwen_asr.inference.utils import parse_asr_output
+
+    language, text = parse_asr_output(raw, user_language=forced_language)
+    return language or None, text
+
+
+# -- repetitions --------------------------------------------------------------------------------
+# The defaults of qwen_asr's `detect_and_fix_repetitions`: a pattern of at most MAX_REPEAT_PATTERN
+# characters repeated REPEAT_THRESHOLD times in a row is cut to one copy.
+REPEAT_THRESHOLD = 20
+MAX_REPEAT_PATTERN = 20
+
+
+def _match_runs(text: str, period: int):
+    """(start, end) of each maximal run of positions q with text[q] == text[q - period]."""
+    start = None
+    for q in range(period, len(text)):
+        if text[q] == text[q - period]:
+            if start is None:
+                start = q
+        elif start is not None:
+            yield start, q
+            start = None
+    if start is not None:
+        yield start, len(text)
+
+
+def repetition_safe_length(text: str) -> int:
+    """Length of the prefix of `text` that the repetition fix keeps as it is, however `text` goes on.
+
+    A run of matches text[q] == text[q - k] starting at q means a k-character pattern repeats from
+    q - k; the fix keeps that pattern's first copy (up to q) at most. Only runs long enough to be cut
+    (REPEAT_THRESHOLD copies) or still open at the end of `text` (they may become long enough) count.
+    """
+    # The fix first cuts runs of one character to one copy; patterns are then found in what is left,
+    # where they may start earlier (`ab b b b` after `abbbbbb...`): apply the rule to both.
+    # A run still open at the end may grow long enough to be cut too.
+    collapsed = re.sub(r"(.)\1{%d,}" % REPEAT_THRESHOLD, r"\1", text, flags=re.DOTALL)
+    open_end = re.sub(r"(.)\1+$", r"\1", collapsed, flags=re.DOTALL)
+    return min(_pattern_safe_length(text), _pattern_safe_length(collapsed), _pattern_safe_length(open_end))
+
+
+def _pattern_safe_length(text: str) -> int:
+    safe = len(text)
+    for period in range(1, MAX_REPEAT_PATTERN + 1):
+        for start, end in _match_runs(text, period):
+            if end == len(text) or end - start >= (REPEAT_THRESHOLD - 1) * period:
+                safe = min(safe, start)
+                break
+    return safe
+
+
+def loops_at_end(text: str) -> bool:
+    """True when `text` ends in a pattern repeated REPEAT_THRESHOLD times: a decode that has started
+    to loop, whose further output the official repetition fix would cut anyway."""
+    text = text.rstrip("\ufffd")
+    for period in range(1, MAX_REPEAT_PATTERN + 1):
+        run = 0
+        q = len(text) - 1
+        while q >= period and text[q] == text[q - period]:
+            run += 1
+            q -= 1
+        if run >= (REPEAT_THRESHOLD - 1) * period:
+            return True
+    return False
