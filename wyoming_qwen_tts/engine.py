@@ -46,25 +46,32 @@ class TtsEngine:
         self.frames_generated = 0  # progress, read by tests and logs
 
     @classmethod
-    def load(cls, path: Path, model_id: str, device: str, dtype) -> "TtsEngine":
+    def load(cls, path: Path, model_id: str, device: str, dtype, attention: Optional[str] = None) -> "TtsEngine":
+        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run
+        (passed explicitly, so a checkpoint whose config names flash-attention still loads without it)."""
         started = time.monotonic()
         from qwen_tts import Qwen3TTSModel
 
+        from shared.devices import attention_implementation
+
+        attention = attention or attention_implementation(device, dtype)
         imported = time.monotonic()
-        tts = Qwen3TTSModel.from_pretrained(str(path), dtype=dtype, device_map=device)
+        tts = Qwen3TTSModel.from_pretrained(str(path), dtype=dtype, device_map=device, attn_implementation=attention)
         _LOGGER.info(
-            "Qwen3-TTS %s from %s on %s (%s): import %.2f s, load %.2f s",
+            "Qwen3-TTS %s from %s on %s (%s, attention %s): import %.2f s, load %.2f s",
             tts.model.tts_model_type,
             path,
             device,
             str(dtype).replace("torch.", ""),
+            attention,
             imported - started,
             time.monotonic() - imported,
         )
         return cls(tts, model_id)
 
     def synthesize(self, text: str, voice: Voice, language: Optional[str]) -> np.ndarray:
-        """Float32 audio at 24 kHz for one sentence (capped by `max_frames_for`), in one piece."""
+        """Float32 audio at 24 kHz for one sentence (capped by `max_frames_for`), in one piece: the
+        official wrapper's output, its 300-frame chunked decode included."""
         wavs, rate = self._official_call(text, voice, language, max_frames_for(text))()
         assert rate == SAMPLE_RATE, rate
         return np.asarray(wavs[0], dtype=np.float32)
@@ -80,7 +87,10 @@ class TtsEngine:
     ) -> int:
         """Speak one sentence frame by frame: `emit` gets audio after the first `first_chunk_frames`
         frames, then in growing chunks. The codes are the official `generate`'s; the audio equals one
-        full decode of them. Returns the number of frames; raises GenerationStopped when stopped."""
+        full decode of them (reference included for a cloned voice), which is the official wrapper's
+        audio up to 300 decoded frames; past that the official 300-frame chunked decode differs
+        slightly (see incremental_decoder). The wrapper's own decode never runs, also when the
+        sentence ends naturally. Returns the number of frames; raises GenerationStopped when stopped."""
         decoder = IncrementalDecoder(self.tts.model.speech_tokenizer.model.decoder)
         if voice.kind == CLONE:
             (item,) = self.clone_prompts.get(self.tts, voice.folder)

@@ -7,9 +7,15 @@ it exists, inside the unmodified official call, so the codes are the official on
 (greedy or sampled, any voice kind) and any upstream change is followed automatically. This is simpler
 than a hand-written step loop, which would have to copy generate's logits processors in their order.
 
-The hook also ends generation early by raising: on the EOS frame (which the official code cuts
-anyway), at the frame limit (so the wrapper does not decode the whole utterance again at the end),
-or when the caller asks to stop (between any two frames).
+The wrapper's full decode of the utterance (`speech_tokenizer.decode`, whose audio we would throw
+away) never runs:
+- natural end: HF's loop appends the sampled end-of-speech token and stops without another forward,
+  so the hook never sees it; `generate` returns the codes and the wrapper goes on to decode them. For
+  the duration of the call that instance's `speech_tokenizer.decode` is replaced by one that ends the
+  call at once (every frame has been handed out by then), so the inference thread is free at once;
+- frame limit, or the caller asks to stop (between any two frames): the hook ends generation by
+  raising. (It also ends on a frame whose codebook 0 is end-of-speech, which the official code cuts;
+  batch-1 HF generation does not produce one, so that is only a guard.)
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ class _Done(Exception):
     """Internal: every frame is out; skip the rest of the wrapper (its full decode)."""
 
 
+def _skip_decode(*_args, **_kwargs):
+    raise _Done
+
+
 def generate_frames(
     tts,
     run_official: Callable[[], object],
@@ -35,7 +45,8 @@ def generate_frames(
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> int:
     """Run `run_official()` (a `Qwen3TTSModel.generate_*` call with `max_new_tokens=max_frames + 1`)
-    and pass each frame's 16 codes to `on_frame` as soon as they exist. Returns the number of frames."""
+    and pass each frame's 16 codes to `on_frame` as soon as they exist. Returns the number of frames.
+    The wrapper's final full decode is skipped, whether generation ends naturally or is cut short."""
     eos = tts.model.config.talker_config.codec_eos_token_id
     count = 0
 
@@ -44,7 +55,7 @@ def generate_frames(
         codes = output.hidden_states[1]
         if codes is None:  # the prefill forward carries no frame
             return
-        if int(codes[0, 0]) == eos:
+        if int(codes[0, 0]) == eos:  # guard only: see the module docstring
             raise _Done
         if should_stop is not None and should_stop():
             raise GenerationStopped
@@ -53,11 +64,18 @@ def generate_frames(
         if count >= max_frames:
             raise _Done
 
+    speech_tokenizer = tts.model.speech_tokenizer
+    own_decode = speech_tokenizer.__dict__.get("decode")  # an instance attribute to put back, if any
     handle = tts.model.talker.register_forward_hook(hook)
+    speech_tokenizer.decode = _skip_decode
     try:
         run_official()
     except _Done:
         pass
     finally:
         handle.remove()
+        if own_decode is None:
+            del speech_tokenizer.decode
+        else:
+            speech_tokenizer.decode = own_decode
     return count
