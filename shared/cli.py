@@ -99,7 +99,8 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on CUDA, float32 on CPU",
+        help="auto: float32 on CPU; on CUDA bfloat16 where the GPU computes it natively (Ampere and newer), "
+        "else float16",
     )
     parser.add_argument(
         "--idle-unload",

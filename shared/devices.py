@@ -38,12 +38,40 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """torch dtype for `--dtype` (auto: bfloat16 on CUDA, float32 on CPU)."""
+    """torch dtype for `--dtype`. auto: float32 on a CPU; on a GPU bfloat16 where it computes it natively
+    (compute capability 8.0, Ampere, and newer), else float16. Older GPUs (Turing, Pascal) only emulate
+    bfloat16, several times slower, or not at all."""
     import torch
 
     if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if native_bfloat16(device) else torch.float16
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def native_bfloat16(device: str) -> bool:
+    import torch
+
+    major, _minor = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+def attention_implementation(device: str, dtype) -> str:
+    """flash_attention_2 where the flash-attn package is installed and can run (a CUDA device, half
+    precision), else PyTorch's sdpa. Both Qwen packages accept either; the ASR encoder's 8-second
+    windows are kept on both (see wyoming_qwen_asr.engine.apply_encoder_windows)."""
+    import importlib.util
+
+    import torch
+
+    if (
+        device.startswith("cuda")
+        and dtype in (torch.float16, torch.bfloat16)
+        and importlib.util.find_spec("flash_attn") is not None
+    ):
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def free_accelerator_memory() -> None:

@@ -16,6 +16,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "wyoming-qwen-numba"))
 
 ROOT = Path(__file__).resolve().parent.parent
+# script/gpu-check runs the protocol tests on a GPU: WYOMING_QWEN_TEST_DEVICE=cuda (and a --dtype)
+DEVICE_ARGS = [
+    "--device",
+    os.environ.get("WYOMING_QWEN_TEST_DEVICE", "cpu"),
+    "--dtype",
+    os.environ.get("WYOMING_QWEN_TEST_DTYPE", "auto"),
+]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_models  # noqa: E402
@@ -61,7 +68,7 @@ async def start_asr(asr_model_dir, tmp_path):
 
     async def start(*extra, uri=None, preload=True) -> RunningServer:
         uri = uri or f"unix://{tmp_path}/asr-{len(started)}.sock"
-        args = parse_args(["--uri", uri, "--model", str(asr_model_dir), "--device", "cpu", *extra])
+        args = parse_args(["--uri", uri, "--model", str(asr_model_dir), *DEVICE_ARGS, *extra])
         app = create_app(args)
         if preload:
             await app.manager.preload(app.preload_key)
@@ -110,7 +117,7 @@ async def start_tts(tiny_dir, tmp_path, voices_dir):
 
     async def start(*extra, uri=None) -> RunningServer:
         uri = uri or f"unix://{tmp_path}/tts-{len(started)}.sock"
-        args = parse_args(["--uri", uri, "--device", "cpu", *tts_args(tiny_dir, voices_dir, *extra)])
+        args = parse_args(["--uri", uri, *DEVICE_ARGS, *tts_args(tiny_dir, voices_dir, *extra)])
         app = create_app(args)
         server = await start_server(uri, app)
         running = RunningServer(uri, app, server)
@@ -165,8 +172,7 @@ async def server_process(tmp_path):
             *command,
             "--uri",
             uri,
-            "--device",
-            "cpu",
+            *DEVICE_ARGS,
             *args,
             stdout=log,
             stderr=log,

@@ -105,3 +105,16 @@ def test_engine_patches_leave_the_official_output_unchanged(asr_model_dir):
         theirs = stock.transcribe((audio, 16000), context="ctx", language="English")[0]
         assert ours.text == theirs.text and ours.text
     assert engine.encoder_cache.chunk_hits > 0
+
+
+def test_the_engine_logs_its_attention_and_keeps_the_windows_on_sdpa(asr_model_dir, caplog):
+    """Without flash-attn (or a GPU) the choice is sdpa, logged, and the window patch is applied."""
+    import logging
+
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    with caplog.at_level(logging.INFO, logger="wyoming_qwen_asr.engine"):
+        engine = AsrEngine.load(asr_model_dir, "cpu", torch.float32)
+    assert "attention sdpa" in caplog.text
+    assert engine.model.thinker.audio_tower.config._attn_implementation == "sdpa"
+    assert engine.windowed_encoder is True

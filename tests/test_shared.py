@@ -298,3 +298,35 @@ async def test_a_worker_killed_by_an_illegal_instruction_is_explained(tmp_path, 
     supervisor = WorkerSupervisor("sigill_worker", [])
     with pytest.raises(WorkerUnavailable, match="Illegal instruction"):
         await supervisor.start()
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_it(monkeypatch):
+    """The GPU is mocked (there is none here): its compute capability decides."""
+    import torch
+
+    from shared.devices import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    for capability, expected in (((9, 0), torch.bfloat16), ((8, 6), torch.bfloat16), ((7, 5), torch.float16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_dtype("auto", "cuda:0") == expected, capability
+    assert resolve_dtype("float32", "cuda:0") == torch.float32
+
+
+def test_attention_is_flash_only_where_it_can_run(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from shared.devices import attention_implementation
+
+    real_find_spec = importlib.util.find_spec
+    for installed in (False, True):
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a, i=installed: object() if name == "flash_attn" and i else real_find_spec(name, *a),
+        )
+        assert attention_implementation("cpu", torch.float32) == "sdpa"
+        assert attention_implementation("cuda:0", torch.float32) == "sdpa"
+        assert attention_implementation("cuda:0", torch.bfloat16) == ("flash_attention_2" if installed else "sdpa")

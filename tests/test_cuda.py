@@ -1,0 +1,72 @@
+"""CUDA-only checks: the paths CPU tests never take. Skipped without an NVIDIA GPU; `script/gpu-check`
+runs them (and the protocol tests with --device cuda) on a machine that has one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch sees no CUDA device); run script/gpu-check"
+)
+DEVICE = "cuda:0"
+
+
+def test_auto_dtype_matches_this_gpu():
+    from shared.devices import resolve_dtype
+
+    major, _ = torch.cuda.get_device_capability(DEVICE)
+    assert resolve_dtype("auto", DEVICE) == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_asr_streaming_step_with_abort_criterion_runs_on_cuda(asr_model_dir, dtype):
+    """A streaming step (prefix ids, abort criterion) and a final decode, on the GPU."""
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    engine = AsrEngine.load(asr_model_dir, DEVICE, dtype)
+    audio = (0.2 * np.random.default_rng(1).standard_normal(3 * 16000)).astype(np.float32)
+    prompt = engine.prompt("", "English")
+    first = engine.decode(audio, prompt, max_new_tokens=6, should_stop=lambda: False)
+    assert len(first) == 6
+    more = engine.decode(audio, prompt, prefix_ids=first[:3], max_new_tokens=4, should_stop=lambda: False)
+    assert 0 < len(more) <= 4
+    assert engine.decode(audio, prompt, max_new_tokens=6, should_stop=lambda: True) == first[:1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tts_frame_streaming_runs_on_cuda(tiny_dir, dtype):
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
+    from wyoming_qwen_tts.voices import PRESET, Voice
+
+    path = tiny_dir / "tts-custom-voice"
+    engine = TtsEngine.load(path, str(path), DEVICE, dtype)
+    pieces = []
+    frames = engine.stream("Hello there.", Voice("ryan", PRESET, "Ryan"), "english", pieces.append)
+    assert frames == max_frames_for("Hello there.")  # random weights run to the cap
+    assert sum(len(p) for p in pieces) == frames * FRAME_SAMPLES
+
+
+def test_encoder_windows_hold_on_flash_attention(asr_model_dir):
+    """With flash-attention the official varlen kernel keeps the 8-second windows; the same audio
+    through sdpa with our window patch gives the same encoder output (within half precision)."""
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    from qwen_asr import Qwen3ASRModel
+
+    from wyoming_qwen_asr.engine import apply_encoder_windows
+
+    outputs = {}
+    for attention in ("flash_attention_2", "sdpa"):
+        asr = Qwen3ASRModel.from_pretrained(
+            str(asr_model_dir), dtype=torch.bfloat16, device_map=DEVICE, attn_implementation=attention
+        )
+        tower = asr.model.thinker.audio_tower
+        assert apply_encoder_windows(tower) == (attention == "sdpa")
+        audio = (0.2 * np.random.default_rng(2).standard_normal(20 * 16000)).astype(np.float32)
+        features = asr.processor.feature_extractor([audio], sampling_rate=16000, return_tensors="pt")
+        feats = features["input_features"][0].to(DEVICE, torch.bfloat16)
+        lens = torch.tensor([feats.shape[-1]], device=DEVICE)
+        with torch.inference_mode():
+            outputs[attention] = tower(feats, feature_lens=lens).last_hidden_state.float()
+    assert torch.allclose(outputs["flash_attention_2"], outputs["sdpa"], atol=5e-2, rtol=5e-2)
