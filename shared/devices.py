@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Optional
 
 
 def cuda_present() -> bool:
@@ -55,6 +56,20 @@ def native_bfloat16(device: str) -> bool:
 
     major, _minor = torch.cuda.get_device_capability(device)
     return major >= 8
+
+
+def load_pretrained(from_pretrained, path, device: str, dtype, attention: Optional[str] = None, **extra):
+    """`from_pretrained` of either Qwen package, on `device` in `dtype`, with `attention` (default: the
+    choice below), passed explicitly so a checkpoint whose config names flash-attention still loads
+    without it. Returns the model and a description for the engine's log line."""
+    import time
+
+    attention = attention or attention_implementation(device, dtype)
+    started = time.monotonic()
+    model = from_pretrained(str(path), dtype=dtype, device_map=device, attn_implementation=attention, **extra)
+    precision = str(dtype).replace("torch.", "")
+    loaded = f"from {path} on {device} ({precision}, attention {attention}) in {time.monotonic() - started:.2f} s"
+    return model, loaded
 
 
 def attention_implementation(device: str, dtype) -> str:

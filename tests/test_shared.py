@@ -15,6 +15,13 @@ from shared.model_store import ModelNotAvailable, resolve_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    """`python -c code` in a fresh interpreter (what it imports is its own); it must succeed."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_every_option_reads_its_environment_variable(monkeypatch):
     from wyoming_qwen_asr.options import parse_args
 
@@ -105,8 +112,7 @@ def test_both_qwen_packages_work_in_this_environment(tmp_path):
         "from qwen_tts import Qwen3TTSModel\n"
         "print(transformers.__version__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(code, timeout=300)
     assert result.stdout.strip().endswith("4.57.6")
 
 
@@ -123,8 +129,7 @@ def test_describe_path_never_imports_torch():
         "heavy = [m for m in ('torch', 'transformers', 'qwen_asr', 'qwen_tts') if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(code, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "[]"
 
 
@@ -146,8 +151,7 @@ def test_tts_describe_path_stays_light_for_a_hub_model(tmp_path):
         "heavy = [m for m in ('torch', 'numpy', 'huggingface_hub', 'qwen_tts') if m in sys.modules]\n"
         "print(voices, heavy)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(code, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "['zed'] []"
 
 
@@ -176,8 +180,7 @@ def test_cache_lookup_follows_huggingface_hub(variables, tmp_path):
         "from huggingface_hub import constants\n"
         "print(ours == constants.HF_HUB_CACHE, ours)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(code, env=env, timeout=60)
     assert result.stdout.startswith("True "), result.stdout
     if variables:
         assert str(tmp_path) in result.stdout or "hf-tilde" in result.stdout

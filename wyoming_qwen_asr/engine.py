@@ -7,7 +7,6 @@ lives in `streaming.py`; this module only knows how to run the model.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -44,25 +43,14 @@ class AsrEngine:
     @classmethod
     def load(cls, path: Path, device: str, dtype, attention: Optional[str] = None) -> "AsrEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run."""
-        started = time.monotonic()
         from qwen_asr import Qwen3ASRModel
 
-        from shared.devices import attention_implementation
+        from shared.devices import load_pretrained
 
-        attention = attention or attention_implementation(device, dtype)
-        imported = time.monotonic()
-        asr = Qwen3ASRModel.from_pretrained(
-            str(path), dtype=dtype, device_map=device, attn_implementation=attention, max_new_tokens=TOKEN_MARGIN
+        asr, loaded = load_pretrained(
+            Qwen3ASRModel.from_pretrained, path, device, dtype, attention, max_new_tokens=TOKEN_MARGIN
         )
-        _LOGGER.info(
-            "Qwen3-ASR from %s on %s (%s, attention %s): import %.2f s, load %.2f s",
-            path,
-            device,
-            str(dtype).replace("torch.", ""),
-            attention,
-            imported - started,
-            time.monotonic() - imported,
-        )
+        _LOGGER.info("Qwen3-ASR %s", loaded)
         return cls(asr)
 
     # -- prompts --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import unicodedata
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -47,26 +46,13 @@ class TtsEngine:
 
     @classmethod
     def load(cls, path: Path, model_id: str, device: str, dtype, attention: Optional[str] = None) -> "TtsEngine":
-        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run
-        (passed explicitly, so a checkpoint whose config names flash-attention still loads without it)."""
-        started = time.monotonic()
+        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run."""
         from qwen_tts import Qwen3TTSModel
 
-        from shared.devices import attention_implementation
+        from shared.devices import load_pretrained
 
-        attention = attention or attention_implementation(device, dtype)
-        imported = time.monotonic()
-        tts = Qwen3TTSModel.from_pretrained(str(path), dtype=dtype, device_map=device, attn_implementation=attention)
-        _LOGGER.info(
-            "Qwen3-TTS %s from %s on %s (%s, attention %s): import %.2f s, load %.2f s",
-            tts.model.tts_model_type,
-            path,
-            device,
-            str(dtype).replace("torch.", ""),
-            attention,
-            imported - started,
-            time.monotonic() - imported,
-        )
+        tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
+        _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
         return cls(tts, model_id)
 
     def synthesize(self, text: str, voice: Voice, language: Optional[str]) -> np.ndarray:
