@@ -8,8 +8,10 @@ import os
 from typing import Any
 
 from . import __version__
+from .connection import WRITE_TIMEOUT
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
@@ -34,7 +36,10 @@ class EnvArgumentParser(argparse.ArgumentParser):
             name = self.env_name(long_flags[0])
             raw = os.environ.get(name)
             if raw is not None and raw != "":
-                value = _from_env(raw, kwargs)
+                try:
+                    value = _from_env(raw, kwargs)
+                except ValueError as err:
+                    self.error(f"{name}={raw!r}: {err}")
                 if kwargs.get("action") == "append":
                     # argparse appends to a list default; apply it only when the flag is absent
                     dest = kwargs.get("dest") or long_flags[0].lstrip("-").replace("-", "_")
@@ -55,20 +60,28 @@ class EnvArgumentParser(argparse.ArgumentParser):
 
 
 def _from_env(raw: str, kwargs: dict[str, Any]) -> Any:
+    """The option's value from its environment variable; ValueError says what would be accepted."""
     action = kwargs.get("action")
-    if action == "store_true":
-        return raw.strip().lower() in _TRUE
-    if action == "store_false":
-        return raw.strip().lower() not in _TRUE
+    word = raw.strip().lower()
+    if action in ("store_true", "store_false"):
+        if word not in _TRUE | _FALSE:
+            raise ValueError(f"expected one of {', '.join(sorted(_TRUE | _FALSE))}")
+        return (word in _TRUE) == (action == "store_true")
     if action == "append":
         # several values: separated by commas or the OS path separator
         parts = [p.strip() for p in raw.replace(os.pathsep, ",").split(",")]
         convert = kwargs.get("type", str)
         return [convert(p) for p in parts if p]
-    if kwargs.get("nargs") == "?" and raw.strip().lower() in _TRUE:
-        return kwargs.get("const")
+    if kwargs.get("nargs") == "?":  # a switch with an optional value, such as --zeroconf [NAME]
+        if word in _TRUE:
+            return kwargs.get("const")
+        if word in _FALSE:
+            return kwargs.get("default")
     convert = kwargs.get("type")
-    return convert(raw) if convert else raw
+    value = convert(raw) if convert else raw
+    if kwargs.get("choices") is not None and value not in kwargs["choices"]:
+        raise ValueError(f"expected one of {', '.join(map(str, kwargs['choices']))}")
+    return value
 
 
 def server_parser(kind: str, default_port: int, description: str, model_help: str) -> EnvArgumentParser:
@@ -124,8 +137,14 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "--request-timeout",
         type=float,
         default=300.0,
-        help="An error is sent when the worker says nothing this long while a client waits for it; "
-        "a worker that then does not answer is restarted",
+        help="An error is sent when the worker says nothing this long while a client waits for it (a model "
+        "still loading is waited for); a worker whose inference then shows no progress is restarted",
+    )
+    parser.add_argument(
+        "--write-timeout",
+        type=float,
+        default=WRITE_TIMEOUT,
+        help="A client that takes no reply bytes for this long is disconnected and its request cancelled",
     )
     parser.add_argument(
         "--zeroconf",

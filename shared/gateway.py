@@ -7,7 +7,9 @@ the worker, which hands back every byte the model, torch and CUDA held.
 
 The relay knows no protocol of its own. Each server kind gives it a `ReplyTracker` that says, from the
 event types passing by, when the client waits for the worker's answer and when that answer is complete;
-the request timeout runs only in between.
+the request timeout runs only in between. When it runs out, the worker is asked what it is doing: a
+model still loading (a first download of several GB) is waited for; otherwise the client gets a
+`timeout` error, and a worker whose inference thread shows no progress at all is restarted.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable, FrozenSet, Optional, Set
+from typing import Callable, FrozenSet, Optional
 
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe
-from wyoming.ping import Ping
-from wyoming.server import AsyncEventHandler
+from wyoming.ping import Ping, Pong
 
+from .background import BackgroundTasks
+from .connection import WRITE_TIMEOUT, Connection
+from .handler import HEALTH_PROBE
 from .supervisor import WorkerSupervisor, WorkerUnavailable
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,6 +52,9 @@ class ReplyTracker:
         return event_type in self.completed_by
 
 
+PROBE_GRACE = 5.0  # seconds a busy but healthy worker may take to answer the probe at a timeout
+
+
 class Gateway:
     def __init__(
         self,
@@ -56,105 +63,136 @@ class Gateway:
         idle_unload: float,
         request_timeout: float,
         new_tracker: Callable[[], ReplyTracker] = ReplyTracker,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.supervisor = supervisor
         self.describe = describe
         self.new_tracker = new_tracker
         self.idle_unload = idle_unload
         self.request_timeout = request_timeout
-        self._relays = 0
+        self.write_timeout = write_timeout
+        self._users = 0  # connections relayed to the worker, or waiting for it to start
         self._idle_timer: Optional[asyncio.TimerHandle] = None
-        self._last_relay_end = time.monotonic()
-        self._tasks: Set[asyncio.Task] = set()
+        self._last_use_end = time.monotonic()
+        self._tasks = BackgroundTasks()
 
     def handler_factory(self, reader, writer) -> "GatewayHandler":
         return GatewayHandler(reader, writer, self)
 
     # -- worker lifetime ------------------------------------------------------------------------
 
-    def relay_opened(self) -> None:
-        self._relays += 1
+    def user_arrived(self) -> None:
+        self._users += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
 
-    def relay_closed(self) -> None:
-        self._relays -= 1
-        self._last_relay_end = time.monotonic()
-        if self._relays == 0 and self.idle_unload >= 0:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(self.idle_unload, lambda: loop.create_task(self._stop_if_idle()))
+    def user_left(self) -> None:
+        self._users -= 1
+        self._last_use_end = time.monotonic()
+        if self._users == 0:
+            self._arm_idle_timer()
+
+    async def preload(self) -> None:
+        """`--preload`: start the worker now; it is stopped when idle like any other."""
+        try:
+            await self.supervisor.start()
+        except WorkerUnavailable as err:
+            _LOGGER.error("Preloading failed: %s", err)
+            return
+        if self._users == 0:
+            self._last_use_end = time.monotonic()
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self.idle_unload < 0:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self.idle_unload, lambda: self._tasks.spawn(self._stop_if_idle()))
 
     async def _stop_if_idle(self) -> None:
         self._idle_timer = None
-        if self._relays == 0 and self.supervisor.running:
-            idle = time.monotonic() - self._last_relay_end
+        if self._users == 0 and self.supervisor.running:
+            idle = time.monotonic() - self._last_use_end
             await self.supervisor.stop(
                 f"no connection for {idle:.1f} s (--idle-unload {self.idle_unload:g}); handing back its memory"
             )
 
+    # -- health ---------------------------------------------------------------------------------
+
+    async def worker_status(self, within: float) -> Optional[str]:
+        """What the running worker says it does ("ok", "loading <models>"), or None without an answer."""
+        if self.supervisor.pid is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._probe(), within)
+        except (asyncio.TimeoutError, OSError, WorkerUnavailable):
+            return None
+
     def check_health_soon(self) -> None:
-        task = asyncio.create_task(self.check_health())
-        self._tasks.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.check_health())
 
     async def check_health(self) -> None:
-        """After a request timed out: a worker whose inference thread answers no probe is restarted."""
+        """After a request timed out: a worker whose inference thread shows no progress is restarted."""
         pid = self.supervisor.pid
         if pid is None:
             return
-        try:
-            # a worker that does not answer within another timeout period is not coming back
-            answered = await asyncio.wait_for(self._probe(), self.request_timeout)
-            if answered:
-                _LOGGER.info("Worker pid %s recovered after the timeout", pid)
-                return
-        except (asyncio.TimeoutError, OSError, WorkerUnavailable):
-            pass
+        # a worker that does not answer within another timeout period is not coming back
+        if await self.worker_status(self.request_timeout) is not None:
+            _LOGGER.info("Worker pid %s answers again after the timeout", pid)
+            return
         if self.supervisor.pid == pid:
             await self.supervisor.kill(
-                f"its inference thread did not answer a probe within {self.request_timeout:.0f} s"
+                f"its inference thread showed no progress for {self.request_timeout:.0f} s after a request timed out"
             )
 
-    async def _probe(self) -> bool:
+    async def _probe(self) -> Optional[str]:
         reader, writer = await self.supervisor.connect()
         try:
-            await async_write_event(Ping(text="health").event(), writer)
+            await async_write_event(Ping(text=HEALTH_PROBE).event(), writer)
             while (event := await async_read_event(reader)) is not None:
-                if event.type == "pong":
-                    return True
-            return False
+                if Pong.is_type(event.type):
+                    return Pong.from_event(event).text or "ok"
+            return None
         finally:
             writer.close()
 
 
-class GatewayHandler(AsyncEventHandler):
-    """One client connection: describe answered here, everything else relayed to the worker."""
+class GatewayHandler(Connection):
+    """One client connection: describe and ping answered here, everything else relayed to the worker."""
 
     def __init__(self, reader, writer, gateway: Gateway) -> None:
         super().__init__(reader, writer)
         self.gateway = gateway
+        self.write_timeout = gateway.write_timeout
         self._worker: Optional[tuple] = None
+        self._user = False  # counted as a user of the worker
+        self._closing = False  # told why its request ended: nothing more is relayed
         self._pump: Optional[asyncio.Task] = None
         self._watchdog: Optional[asyncio.Task] = None
         self._waiting_since: Optional[float] = None  # the client waits for the worker since then
+        self._last_client_event = time.monotonic()
         self._replies = gateway.new_tracker()
-        self._lock = asyncio.Lock()
-
-    async def write_event(self, event: Event) -> None:
-        async with self._lock:
-            await super().write_event(event)
 
     async def handle_event(self, event: Event) -> bool:
+        if self._closing:
+            return False  # never a new worker for the rest of a lost request
         if self._worker is None:
             if Describe.is_type(event.type):
                 await self.write_event(self.gateway.describe())
                 return True
+            if Ping.is_type(event.type):  # alive is all a ping asks; it starts no worker
+                await self.write_event(Pong(text=Ping.from_event(event).text).event())
+                return True
             try:
                 await self._open_relay()
             except (WorkerUnavailable, OSError) as err:
-                await self.write_event(Error(text=str(err), code="worker-unavailable").event())
-                return True
+                # this connection's request is lost: one error, then close (not one per audio chunk)
+                await self._give_up(str(err), "worker-unavailable")
+                return False
+        self._last_client_event = time.monotonic()
         if self._replies.client_sent(event.type):
             self._waiting_since = time.monotonic()
         try:
@@ -168,20 +206,23 @@ class GatewayHandler(AsyncEventHandler):
         await self._close_relay()
 
     async def _open_relay(self) -> None:
+        # a client waiting for the worker to start is a user: the idle timer must not stop that start
+        self._user = True
+        self.gateway.user_arrived()
         self._worker = await self.gateway.supervisor.connect()
-        self.gateway.relay_opened()
         self._pump = asyncio.create_task(self._pump_replies())
         self._watchdog = asyncio.create_task(self._watch_time())
 
     async def _close_relay(self) -> None:
-        if self._worker is None:
-            return
         worker, self._worker = self._worker, None
         for task in (self._pump, self._watchdog):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
-        worker[1].close()
-        self.gateway.relay_closed()
+        if worker is not None:
+            worker[1].close()
+        if self._user:
+            self._user = False
+            self.gateway.user_left()
 
     async def _pump_replies(self) -> None:
         reader = self._worker[0]
@@ -197,7 +238,11 @@ class GatewayHandler(AsyncEventHandler):
                 self._waiting_since = time.monotonic()  # progress resets the clock
             if self._replies.worker_sent(event.type):
                 self._waiting_since = None
-            await self.write_event(event)
+            try:
+                await self.write_event(event)
+            except ConnectionError:  # the client left, or was dropped for not reading: its work stops
+                await self._close_relay()
+                return
 
     async def _worker_lost(self) -> None:
         """The worker closed on us: most likely it died. Tell the client now, then close."""
@@ -217,11 +262,26 @@ class GatewayHandler(AsyncEventHandler):
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             since = self._waiting_since
-            if since is None or time.monotonic() - since < timeout:
+            if since is None:
+                if time.monotonic() - self._last_client_event >= timeout:
+                    # a relayed client that says nothing keeps the worker (and its memory) for ever
+                    await self._give_up(
+                        f"The client sent nothing for {timeout:.0f} s (--request-timeout); closing the connection.",
+                        "timeout",
+                    )
+                    return
+                continue
+            if time.monotonic() - since < timeout:
+                continue
+            status = await self.gateway.worker_status(min(PROBE_GRACE, timeout))
+            if status is not None and status.startswith("loading") and self._waiting_since is not None:
+                _LOGGER.info("No answer for %.0f s: the worker is still %s; waiting on", timeout, status)
+                self._waiting_since = time.monotonic()
                 continue
             _LOGGER.error("Request timed out: no answer from the worker for %.0f s", timeout)
             self._waiting_since = None
-            self.gateway.check_health_soon()
+            if status is None:
+                self.gateway.check_health_soon()
             await self._give_up(
                 f"The server gave no answer for {timeout:.0f} s (--request-timeout) and the request was abandoned.",
                 "timeout",
@@ -230,6 +290,7 @@ class GatewayHandler(AsyncEventHandler):
 
     async def _give_up(self, text: str, code: str) -> None:
         """Tell the client why its request ends (if it still listens), then close both sides."""
+        self._closing = True
         with contextlib.suppress(Exception):
             await self.write_event(Error(text=text, code=code).event())
         await self._close_relay()

@@ -9,7 +9,6 @@ server. A known event whose data cannot be read gets an `error`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Awaitable, Callable, List, Tuple
 
@@ -17,11 +16,13 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
-from wyoming.server import AsyncEventHandler
+
+from .connection import Connection
 
 _LOGGER = logging.getLogger(__name__)
 
 Method = Callable[[Any, Any], Awaitable[None]]
+HEALTH_PROBE = "health"  # the text of the gateway's probe ping
 
 
 def handles(event_class: Any) -> Callable[[Method], Method]:
@@ -35,8 +36,8 @@ def handles(event_class: Any) -> Callable[[Method], Method]:
     return mark
 
 
-class ServerEventHandler(AsyncEventHandler):
-    """One client connection of a model server. `app` supplies `describe()` and `manager`."""
+class ServerEventHandler(Connection):
+    """One client connection of a model server. `app` supplies `describe()`, `manager` and `write_timeout`."""
 
     _routes: List[Tuple[Any, Method]] = []  # per subclass: (event class, method)
 
@@ -48,12 +49,7 @@ class ServerEventHandler(AsyncEventHandler):
     def __init__(self, reader, writer, app) -> None:
         super().__init__(reader, writer)
         self.app = app
-        # replies of one connection come from several tasks; frames must not interleave
-        self._write_lock = asyncio.Lock()
-
-    async def write_event(self, event: Event) -> None:
-        async with self._write_lock:
-            await super().write_event(event)
+        self.write_timeout = app.write_timeout
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
@@ -83,6 +79,12 @@ class ServerEventHandler(AsyncEventHandler):
         await method(self, parsed)
 
     async def _pong(self, event: Event) -> None:
-        # answered once the inference thread is free: the gateway's health probe relies on it
-        await self.app.manager.inference.run(lambda: None)
-        await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        """Answered once the inference thread is idle or shows progress, so a long job (busy) answers
+        and a stuck one (a hung kernel, a frozen GPU) does not: the gateway's health probe relies on
+        it. The probe's ping (text "health") is answered with what the worker is doing."""
+        await self.app.manager.inference.responsive()
+        text = Ping.from_event(event).text
+        if text == HEALTH_PROBE:
+            loading = self.app.manager.loading()
+            text = f"loading {' '.join(loading)}" if loading else "ok"
+        await self.write_event(Pong(text=text).event())

@@ -85,7 +85,8 @@ async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
     parent_watch = None
     if args.worker_of is not None:
         parent_watch = asyncio.create_task(_exit_with_parent(args.worker_of))
-        _import_heavy_modules(kind.heavy_package)
+    # before listening: imported by the first connection instead, they would stall the event loop
+    _import_heavy_modules(kind.heavy_package, f"{kind.package}.handler")
     try:
         await serve_app(kind.create_app(args), args)
     finally:
@@ -99,9 +100,16 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
     from .supervisor import WorkerSupervisor
 
     supervisor = WorkerSupervisor(kind.package, argv)
-    gateway = Gateway(supervisor, kind.describer(args), args.idle_unload, args.request_timeout, kind.reply_tracker)
+    gateway = Gateway(
+        supervisor,
+        kind.describer(args),
+        args.idle_unload,
+        args.request_timeout,
+        kind.reply_tracker,
+        args.write_timeout,
+    )
     server = make_server(args.uri)
-    preload = asyncio.create_task(supervisor.start()) if args.preload else None
+    preload = asyncio.create_task(gateway.preload()) if args.preload else None
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
         await server.run(gateway.handler_factory)
@@ -111,13 +119,14 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         await supervisor.stop("the gateway is shutting down")
 
 
-def _import_heavy_modules(package: str) -> None:
+def _import_heavy_modules(package: str, handler_module: str) -> None:
     """A worker imports torch and the Qwen package before it listens, and logs how long that took
     (the gateway logs spawn-to-ready; the model load is logged when it happens)."""
     started = time.monotonic()
     importlib.import_module("torch")
     torch_done = time.monotonic()
     importlib.import_module(package)
+    importlib.import_module(handler_module)
     _LOGGER.info(
         "Worker imported torch in %.2f s and %s in %.2f s",
         torch_done - started,

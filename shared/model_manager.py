@@ -1,4 +1,8 @@
-"""Lazy loading and idle unloading of models, all on the one inference thread.
+"""Lazy loading and idle unloading of models.
+
+Models run on the one inference thread. They load on a loader thread of their own, so a download of
+several GB for one model never holds up the others' inference, and the inference thread keeps showing
+progress to the health probe meanwhile.
 
 A server registers each model it may need under a key with a loader. The first request that uses a key
 loads it; a key nobody has used for its idle time is unloaded and its memory given back. The manager
@@ -12,12 +16,14 @@ keeps its last loaded model (`keep_last_loaded`) and unloads only the others on 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, Optional, TypeVar
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, TypeVar
 
+from .background import BackgroundTasks
 from .backoff import Backoff
 from .devices import free_accelerator_memory
 from .inference import InferenceThread, Priority
@@ -38,6 +44,7 @@ class _Slot:
     unloads: int = 0
     timer: Optional[asyncio.TimerHandle] = None
     backoff: Backoff = field(default_factory=Backoff)
+    loading: Optional[asyncio.Future] = None  # the load in progress, which every caller awaits
 
 
 class ModelUnavailable(RuntimeError):
@@ -59,6 +66,8 @@ class ModelManager:
         self.max_loaded = max_loaded
         self.keep_last_loaded = keep_last_loaded
         self._slots: Dict[str, _Slot] = {}
+        self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        self._tasks = BackgroundTasks()
 
     def register(self, key: str, loader: Callable[[], Any], idle_unload: float) -> None:
         self._slots[key] = _Slot(key, loader, idle_unload)
@@ -69,6 +78,10 @@ class ModelManager:
     def loaded(self, key: str) -> Any:
         """The loaded model of `key`, or None (for inspection; run model code through `run`)."""
         return self._slots[key].model
+
+    def loading(self) -> List[str]:
+        """Keys of the models being loaded (or downloaded) right now."""
+        return [key for key, slot in self._slots.items() if slot.loading is not None]
 
     def users(self, key: str) -> int:
         return self._slots[key].users
@@ -98,12 +111,13 @@ class ModelManager:
     async def run(self, key: str, fn: Callable[[Any], T], priority: Priority = Priority.REALTIME) -> T:
         """Run `fn(model)` on the inference thread, loading the model first if needed."""
         slot = self._slots[key]
+        if slot.model is None:
+            await self._load(slot)
+        model = slot.model  # even if it is evicted before the job runs, this job keeps its model
 
         def job() -> T:
-            if slot.model is None:
-                self._load(slot)
             slot.last_used = time.monotonic()
-            return fn(slot.model)
+            return fn(model)
 
         return await self.inference.run(job, priority)
 
@@ -113,7 +127,7 @@ class ModelManager:
 
     def preload_in_background(self, key: str) -> "asyncio.Task":
         """`--preload`: load while the server already answers `describe`; a failure is logged."""
-        task = asyncio.create_task(self.preload(key))
+        task = self._tasks.spawn(self.preload(key))
         task.add_done_callback(_log_preload_failure)
         return task
 
@@ -128,35 +142,51 @@ class ModelManager:
             if slot.model is not None:
                 await self.unload(slot.key, "shutting down")
         self.inference.close()
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    async def _load(self, slot: _Slot) -> None:
+        """Load `slot` on the loader thread; callers that come meanwhile wait for the same load."""
+        if slot.loading is None:
+            slot.loading = self._tasks.spawn(self._load_now(slot))
+        await asyncio.shield(slot.loading)  # a caller that leaves does not cancel the others' load
+
+    async def _load_now(self, slot: _Slot) -> None:
+        try:
+            backoff = slot.backoff
+            if backoff.wait_left():
+                raise ModelUnavailable(
+                    f"Model {slot.key} is not available: loading it failed {backoff.failures} time(s), last with "
+                    f"{backoff.last_error.rstrip('.')}; next attempt in {backoff.wait_left():.0f} s"
+                )
+            await self._make_room_for(slot)
+            _LOGGER.info("Loading model %s", slot.key)
+            now = time.monotonic()
+            try:
+                model = await asyncio.get_running_loop().run_in_executor(self._loader, slot.loader)
+            except Exception as err:
+                why = f"{type(err).__name__}: {err}"
+                delay = backoff.failed(why)
+                _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, why, delay)
+                raise
+            backoff.succeeded()
+            slot.model = model
+            slot.loads += 1
+            _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - now)
+        finally:
+            slot.loading = None
+
+    async def _make_room_for(self, slot: _Slot) -> None:
+        if self.max_loaded <= 0:
+            return
+        loaded = [s for s in self._slots.values() if s.model is not None and s is not slot]
+        while len(loaded) >= self.max_loaded:
+            idle = [s for s in loaded if s.users == 0] or loaded
+            victim = min(idle, key=lambda s: s.last_used)
+            why = f"--max-loaded-models {self.max_loaded} reached, {slot.key} needed"
+            await self.inference.run(lambda v=victim, w=why: self._unload(v, w))
+            loaded.remove(victim)
 
     # -- on the inference thread -------------------------------------------------------------
-
-    def _load(self, slot: _Slot) -> None:
-        if self.max_loaded > 0:
-            loaded = [s for s in self._slots.values() if s.model is not None and s is not slot]
-            while len(loaded) >= self.max_loaded:
-                idle = [s for s in loaded if s.users == 0] or loaded
-                victim = min(idle, key=lambda s: s.last_used)
-                self._unload(victim, f"--max-loaded-models {self.max_loaded} reached, {slot.key} needed")
-                loaded.remove(victim)
-        backoff = slot.backoff
-        if backoff.wait_left():
-            raise ModelUnavailable(
-                f"Model {slot.key} is not available: loading it failed {backoff.failures} time(s), last with "
-                f"{backoff.last_error.rstrip('.')}; next attempt in {backoff.wait_left():.0f} s"
-            )
-        _LOGGER.info("Loading model %s", slot.key)
-        now = time.monotonic()
-        try:
-            slot.model = slot.loader()
-        except Exception as err:
-            why = f"{type(err).__name__}: {err}"
-            delay = backoff.failed(why)
-            _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, why, delay)
-            raise
-        backoff.succeeded()
-        slot.loads += 1
-        _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - now)
 
     def _unload(self, slot: _Slot, reason: str) -> None:
         if slot.model is None:
@@ -174,7 +204,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         if slot.timer is not None:
             slot.timer.cancel()
-        slot.timer = loop.call_later(max(slot.idle_unload, 0.0), lambda: loop.create_task(self._unload_if_idle(slot)))
+        slot.timer = loop.call_later(max(slot.idle_unload, 0.0), lambda: self._tasks.spawn(self._unload_if_idle(slot)))
 
     async def _unload_if_idle(self, slot: _Slot) -> None:
         slot.timer = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,6 +48,7 @@ def resolve_model(
     from huggingface_hub import snapshot_download
 
     cache_dir = dirs[0] if dirs else str(default_hub_cache())
+    _check_writable(Path(cache_dir), model)
     _LOGGER.info("Downloading %s into %s", model, cache_dir)
     started = time.monotonic()
     try:
@@ -56,6 +58,19 @@ def resolve_model(
     size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
     _LOGGER.info("Downloaded %s (%.0f MB) in %.1f s", model, size_mb, time.monotonic() - started)
     return path
+
+
+def _check_writable(directory: Path, model: str) -> None:
+    """Fail before a download of several GB, not after it, when its files cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ModelNotAvailable(
+            f"{model} must be downloaded into {directory}, which this process (uid {os.getuid()}) cannot write "
+            f"({err.strerror or err}). Fix the folder's permissions, or give a writable --data-dir first."
+        ) from None
 
 
 def _progress_logger(model: str):

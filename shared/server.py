@@ -26,6 +26,7 @@ class ServedApp(Protocol):
     manager: ModelManager
     preload_key: str  # the model `--preload` loads
     summary: str  # what is served, for the log
+    write_timeout: float  # seconds a client may take to accept a reply
 
     def describe(self) -> Event: ...
 

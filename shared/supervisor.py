@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from .background import BackgroundTasks
 from .backoff import Backoff
 
 _LOGGER = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class WorkerSupervisor:
         self._lock = asyncio.Lock()
         self._stopping = False
         self._backoff = Backoff()  # start-up failures (a worker that exits before it listens)
+        self._watchers = BackgroundTasks()
         self.spawns = 0
 
     @property
@@ -137,7 +139,7 @@ class WorkerSupervisor:
         self.spawns += 1
         process = self.process
         _LOGGER.info("Started worker pid %s", process.pid)
-        asyncio.create_task(self._watch(process))
+        self._watchers.spawn(self._watch(process), name=f"watch worker {process.pid}")
         while True:
             if process.returncode == -signal.SIGILL:
                 from .cpu_check import sigill_explanation

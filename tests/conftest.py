@@ -160,8 +160,9 @@ async def server_process(tmp_path):
 
     started = []
 
-    async def start(module, *args, uri=None, env=None, cwd=ROOT, console_script=None):
-        """console_script: start that installed command instead of `python -m module`."""
+    async def start(module, *args, uri=None, env=None, cwd=ROOT, console_script=None, **popen):
+        """console_script: start that installed command instead of `python -m module`; popen: more
+        arguments for the process (user=, group=, preexec_fn=)."""
         uri = uri or f"unix://{tmp_path}/{module}-{len(started)}.sock"
         log_path = tmp_path / f"{module}-{len(started)}.log"
         log = open(log_path, "wb")
@@ -178,6 +179,7 @@ async def server_process(tmp_path):
             stderr=log,
             cwd=cwd,
             env={**os.environ, **(env or {})},
+            **popen,
         )
         running = ServerProcess(process, uri, log_path)
         started.append(running)

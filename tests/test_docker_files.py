@@ -360,3 +360,21 @@ async def test_healthcheck_passes_on_its_server_and_fails_otherwise(server_proce
     assert await healthcheck("tts", ports["tts"]) == 0
     assert await healthcheck("asr", ports["tts"]) != 0  # a server, but not speech-to-text
     assert await healthcheck("tts", free_port()) != 0  # nothing listening
+
+
+def test_images_and_compose_files_ask_for_no_extra_privileges():
+    compose_files = [
+        ROOT / "docker-compose.yml",
+        ROOT / "docker-compose.gpu.yml",
+        ROOT / "addon/synology/docker-compose.yml",
+    ]
+    for path in compose_files:
+        text = path.read_text()
+        for setting in ("privileged", "cap_add", "security_opt", "pid:", "userns_mode", "user: root", 'user: "0'):
+            assert setting not in text, f"{path.name} asks for {setting}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    # every stage an image is built from ends as the unprivileged user
+    for stage in re.split(r"^FROM ", dockerfile, flags=re.M)[1:]:
+        if " AS asr" in stage.splitlines()[0] or " AS tts" in stage.splitlines()[0]:
+            users = re.findall(r"^USER (.+)$", stage, flags=re.M)
+            assert users and users[-1] == "${UID}:${GID}", stage.splitlines()[0]

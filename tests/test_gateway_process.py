@@ -144,12 +144,12 @@ async def test_request_timeout_restarts_a_stuck_worker(server_process, tiny_dir,
             await client.write_event(Synthesize(text="Are you there?").event())
             started = time.monotonic()
             events = await read_until(client, "error", timeout=20)
-            assert events[-1].data["code"] == "timeout" and 5.5 < time.monotonic() - started < 10
+            assert events[-1].data["code"] == "timeout" and 5.5 < time.monotonic() - started < 14  # + the probe grace
         await wait_for(lambda: not alive(worker), timeout=20, what="the stuck worker to be killed")
     finally:
         if alive(worker):
             os.kill(worker, signal.SIGCONT)
-    assert "did not answer a probe" in server.log()
+    assert "showed no progress" in server.log()
     async with server.client() as client:
         await client.write_event(Synthesize(text="Fresh worker.").event())
         events = await read_until(client, "audio-stop", "error", timeout=120)

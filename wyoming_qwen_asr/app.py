@@ -8,11 +8,13 @@ from typing import Callable, Optional
 
 from wyoming.event import Event
 
+from shared.connection import WRITE_TIMEOUT
 from shared.languages import ASR_LANGUAGES
 from shared.model_manager import ModelManager
 from shared.server import model_loader, new_manager
 
 from .info import choose_model, describer
+from .model_io import MAX_UTTERANCE_SECONDS
 
 MODEL_KEY = "asr"
 
@@ -26,6 +28,8 @@ class AsrApp:
     context: str
     default_language: Optional[str]  # Qwen's name; None lets the model detect it
     model_key: str = MODEL_KEY
+    write_timeout: float = WRITE_TIMEOUT
+    max_utterance_seconds: float = MAX_UTTERANCE_SECONDS
 
     @property
     def preload_key(self) -> str:
@@ -53,6 +57,8 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
         chunk_seconds=args.chunk_seconds,
         context=args.context or "",
         default_language=ASR_LANGUAGES.to_qwen_name(args.language),
+        write_timeout=args.write_timeout,
+        max_utterance_seconds=args.max_utterance_seconds,
     )
 
 

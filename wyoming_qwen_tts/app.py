@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional
 
 from wyoming.event import Event
 
+from shared.connection import WRITE_TIMEOUT
 from shared.languages import TTS_LANGUAGES
 from shared.model_manager import ModelManager
 from shared.server import model_loader, new_manager
@@ -32,6 +33,7 @@ class TtsApp:
     first_chunk_frames: Optional[int]  # None: whole sentences
     data_dirs: List[str] = field(default_factory=list)
     preload_key: str = MODEL_KEYS[PRESET]
+    write_timeout: float = WRITE_TIMEOUT
 
     @property
     def summary(self) -> str:
@@ -72,6 +74,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
         samples_per_chunk=args.samples_per_chunk,
         first_chunk_frames=None if args.no_frame_streaming else args.first_chunk_frames,
         data_dirs=list(args.data_dir or []),
+        write_timeout=args.write_timeout,
     )
 
 
