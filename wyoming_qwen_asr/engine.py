@@ -13,6 +13,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from shared.inference import heartbeat
+
 from .model_io import SAMPLE_RATE, TOKEN_MARGIN
 from .streaming import MAX_REPEAT_PATTERN, REPEAT_THRESHOLD, loops_at_end
 
@@ -101,6 +103,9 @@ class AsrEngine:
     def stopping_criteria(self, n_prompt: int, should_stop: Optional[Callable[[], bool]] = None):
         """Stop between two tokens on `should_stop()`, or once the output (prefix included) ends in a loop.
 
+        Called once per generated token, so it also beats the inference thread's heartbeat: a decode
+        of minutes shows progress to the health probe, a stuck one does not.
+
         A trained model can fall into repeating a phrase until the output cap; the official transcript
         keeps one copy of such a loop (`detect_and_fix_repetitions`), so decoding further only costs time.
         The flags are created on `input_ids`'s device: transformers ORs them with its own on that device.
@@ -111,6 +116,7 @@ class AsrEngine:
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **_kw):
+                heartbeat()
                 stop = should_stop is not None and bool(should_stop())
                 if not stop:
                     # a loop spans at most REPEAT_THRESHOLD * MAX_REPEAT_PATTERN characters

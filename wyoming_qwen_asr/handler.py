@@ -7,18 +7,31 @@ import logging
 import time
 from typing import Optional
 
+import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
-from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.audio import (
+    AudioChunk,
+    AudioChunkConverter,
+    AudioStart,
+    AudioStop,
+    audioop,  # the converter's own: audioop, or its pure-Python port on Python 3.13
+)
 
 from shared.handler import ServerEventHandler, handles
 from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 
 from .app import AsrApp
 from .context import build_context
-from .model_io import SAMPLE_RATE
+from .model_io import MAX_CHANNELS, MAX_RATE, MIN_RATE, SAMPLE_RATE, WIDTHS, format_problem
 from .session import StreamingSession
 
 _LOGGER = logging.getLogger(__name__)
+
+# What the handler does with audio events that belong to a request it already refused or dropped:
+# the client gets one error, not one per chunk.
+_TAKE = 0  # nothing dropped
+_DROP_UTTERANCE = 1  # drop chunks and audio-stop until the next audio-start or transcribe
+_DROP_REQUEST = 2  # a refused transcribe: also drop the audio-start of the utterance it announced
 
 
 class AsrEventHandler(ServerEventHandler):
@@ -33,6 +46,9 @@ class AsrEventHandler(ServerEventHandler):
         self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
         self._language: Optional[str] = None
         self._started_sent = False
+        self._dropping = _TAKE
+        limit = app.max_utterance_seconds
+        self._max_samples = int(limit * SAMPLE_RATE)
 
     async def disconnect(self) -> None:
         if self._session is not None:
@@ -43,21 +59,38 @@ class AsrEventHandler(ServerEventHandler):
 
     @handles(Transcribe)
     async def _on_transcribe(self, request: Transcribe) -> None:
+        self._dropping = _TAKE
         if self._session is not None:
-            await self._end_session(cancel=True)
+            await self._drop(
+                "transcribe arrived during an utterance; the utterance was dropped. Send transcribe before audio-start",
+                "protocol",
+            )
         self._request = request
         try:
             self._language = ASR_LANGUAGES.to_qwen_name(request.language) or self.app.default_language
         except UnsupportedLanguage as err:
             self._request = Transcribe()
             self._language = None
-            await self.error(str(err), "unsupported-language")
+            self._dropping = _DROP_REQUEST
+            await self.error(f"{err}; the utterance of this request is ignored", "unsupported-language")
 
     @handles(AudioStart)
     async def _on_audio_start(self, start: AudioStart) -> None:
         if self._session is not None:
-            await self._end_session(cancel=True)
-            await self.error("audio-start arrived during a transcription; the old one was dropped", "protocol")
+            await self._drop("audio-start arrived during a transcription; the old one was dropped", "protocol")
+        if self._dropping == _DROP_REQUEST:
+            self._dropping = _DROP_UTTERANCE
+            return
+        self._dropping = _TAKE
+        problem = format_problem(start.rate, start.width, start.channels)
+        if problem:
+            await self._drop(
+                f"audio-start format not supported: {problem}. Send PCM at {MIN_RATE}..{MAX_RATE} Hz, "
+                f"{'/'.join(map(str, WIDTHS))} bytes per sample, 1..{MAX_CHANNELS} channels "
+                "(16000 Hz, 2 bytes, 1 channel needs no conversion)",
+                "audio-format",
+            )
+            return
         self._format = (start.rate, start.width, start.channels)
         if self._language is None:
             self._language = self.app.default_language
@@ -82,32 +115,49 @@ class AsrEventHandler(ServerEventHandler):
     @handles(AudioChunk)
     async def _on_audio_chunk(self, chunk: AudioChunk) -> None:
         if self._session is None:
-            await self.error(
-                "audio-chunk arrived before audio-start: send transcribe (optional), audio-start, "
-                "then audio-chunk events",
-                "protocol",
-            )
+            if self._dropping == _TAKE:
+                self._dropping = _DROP_UTTERANCE
+                await self.error(
+                    "audio-chunk arrived before audio-start: send transcribe (optional), audio-start, "
+                    "then audio-chunk events; audio up to the next audio-start is ignored",
+                    "protocol",
+                )
             return
         if (chunk.rate, chunk.width, chunk.channels) != self._format:
             announced = self._format
-            await self._end_session(cancel=True)
-            await self.error(
+            await self._drop(
                 f"audio-chunk format {chunk.rate} Hz/{chunk.width} bytes/{chunk.channels} ch differs "
                 f"from audio-start's {announced[0]} Hz/{announced[1]} bytes/{announced[2]} ch; "
                 "the transcription was dropped",
                 "audio-format",
             )
             return
-        if chunk.width not in (1, 2, 3, 4) or len(chunk.audio) % (chunk.width * chunk.channels):
-            await self._end_session(cancel=True)
-            await self.error("audio-chunk holds a partial sample frame; the transcription was dropped", "audio-format")
+        if len(chunk.audio) % (chunk.width * chunk.channels):
+            await self._drop(
+                f"audio-chunk of {len(chunk.audio)} bytes holds a partial sample frame "
+                f"({chunk.width} bytes x {chunk.channels} ch each); the transcription was dropped",
+                "audio-format",
+            )
             return
-        self._session.add_audio(self._converter.convert(chunk).audio)
+        if not chunk.audio:
+            return
+        pcm = self._converter.convert(_downmix(chunk) if chunk.channels > 2 else chunk).audio
+        if self._session.samples + len(pcm) // 2 > self._max_samples:
+            limit = self._max_samples / SAMPLE_RATE
+            await self._drop(
+                f"The utterance is longer than {limit:g} s, the server's limit; it was dropped. Send shorter "
+                f"utterances, or raise the limit with --max-utterance-seconds",
+                "utterance-too-long",
+            )
+            return
+        self._session.add_audio(pcm)
 
     @handles(AudioStop)
     async def _on_audio_stop(self, _stop: AudioStop) -> None:
         if self._session is None:
-            await self.error("audio-stop arrived without audio-start", "protocol")
+            if self._dropping == _TAKE:
+                await self.error("audio-stop arrived without audio-start", "protocol")
+            self._dropping = _TAKE
             return
         session, started = self._session, time.monotonic()
         try:
@@ -149,6 +199,12 @@ class AsrEventHandler(ServerEventHandler):
             )
         await self.write_event(TranscriptChunk(text=piece).event())
 
+    async def _drop(self, text: str, code: str) -> None:
+        """Refuse the current utterance: its session and audio go at once, the rest of it is ignored."""
+        await self._end_session(cancel=True)
+        self._dropping = _DROP_UTTERANCE
+        await self.error(text, code)
+
     async def _end_session(self, cancel: bool) -> None:
         session, self._session = self._session, None
         if session is not None and cancel:
@@ -160,3 +216,13 @@ class AsrEventHandler(ServerEventHandler):
         self._language = None
         self._format = None
         self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
+
+
+def _downmix(chunk: AudioChunk) -> AudioChunk:
+    """Mix more than two channels to mono: `AudioChunkConverter` only mixes stereo."""
+    pcm = chunk.audio
+    if chunk.width == 1:
+        pcm = audioop.bias(pcm, 1, -128)  # 8-bit audio is unsigned
+    frames = np.frombuffer(audioop.lin2lin(pcm, chunk.width, 4), dtype=np.int32).reshape(-1, chunk.channels)
+    mono = frames.mean(axis=1).astype(np.int32)
+    return AudioChunk(rate=chunk.rate, width=4, channels=1, audio=mono.tobytes(), timestamp=chunk.timestamp)

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 from shared.cli import EnvArgumentParser, server_parser
 from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 
+from .model_io import MAX_UTTERANCE_SECONDS
+
 
 def build_parser() -> EnvArgumentParser:
     parser = server_parser(
@@ -28,6 +30,14 @@ def build_parser() -> EnvArgumentParser:
         default=2.0,
         help="Streaming step: a partial transcript is decoded after each this much new audio",
     )
+    parser.add_argument(
+        "--max-utterance-seconds",
+        type=float,
+        default=MAX_UTTERANCE_SECONDS,
+        help="Longest utterance accepted; a longer one gets an error and is dropped. Voice commands last "
+        "seconds; the model takes up to 20 minutes, but on a CPU the final decode of long audio keeps every "
+        "other client waiting for minutes",
+    )
     return parser
 
 
@@ -36,6 +46,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.chunk_seconds <= 0:
         parser.error("--chunk-seconds must be above 0")
+    if not args.max_utterance_seconds > 0:
+        parser.error("--max-utterance-seconds must be above 0")
     try:
         ASR_LANGUAGES.to_qwen_name(args.language)
     except UnsupportedLanguage as err:

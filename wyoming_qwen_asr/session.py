@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -38,6 +38,55 @@ class Result:
     text: str
 
 
+class Pcm:
+    """16 kHz signed 16-bit audio kept in fixed blocks, for decode jobs on the inference thread to read.
+
+    Appending never moves stored audio (a bytearray reallocates, and cannot grow at all while a job holds
+    a view of it), and samples below a snapshot's length are never written again, so a job reads its
+    snapshot without a lock while the event loop keeps appending.
+    """
+
+    BLOCK = SAMPLE_RATE  # samples per block: 32 KB, one second
+
+    def __init__(self) -> None:
+        self._blocks: List[np.ndarray] = []
+        self.samples = 0
+
+    def extend(self, pcm16: bytes) -> None:
+        new = np.frombuffer(pcm16, dtype=np.int16)
+        while len(new):
+            offset = self.samples % self.BLOCK
+            if offset == 0:
+                self._blocks.append(np.empty(self.BLOCK, dtype=np.int16))
+            n = min(self.BLOCK - offset, len(new))
+            self._blocks[-1][offset : offset + n] = new[:n]
+            new = new[n:]
+            self.samples += n
+
+    def snapshot(self, samples: int) -> "Snapshot":
+        return Snapshot(self._blocks[: -(-samples // self.BLOCK)], samples)
+
+    def clear(self) -> None:
+        self._blocks = []
+        self.samples = 0
+
+
+@dataclass
+class Snapshot:
+    """The first `samples` of a `Pcm`; `audio()` copies them out as float audio (on the inference thread)."""
+
+    blocks: Sequence[np.ndarray]
+    samples: int
+
+    def audio(self) -> np.ndarray:
+        out = np.empty(self.samples, dtype=np.float32)
+        for i, block in enumerate(self.blocks):
+            start = i * Pcm.BLOCK
+            part = block[: self.samples - start]
+            np.multiply(part, 1.0 / 32768.0, out=out[start : start + len(part)], casting="unsafe")
+        return out
+
+
 class StreamingSession:
     def __init__(
         self,
@@ -56,7 +105,7 @@ class StreamingSession:
         window = STREAM_WINDOW_SECONDS if stream_window_seconds is None else stream_window_seconds
         self._window_samples = int(window * SAMPLE_RATE)
         self._on_text = on_text
-        self._pcm = bytearray()
+        self._pcm = Pcm()
         self._committed = CommittedPrefix()
         self._sent = ""
         self._decoded_samples = 0
@@ -71,10 +120,10 @@ class StreamingSession:
 
     @property
     def samples(self) -> int:
-        return len(self._pcm) // 2
+        return self._pcm.samples
 
     def add_audio(self, pcm16: bytes) -> None:
-        """16 kHz mono signed 16-bit audio."""
+        """16 kHz mono signed 16-bit audio, whole samples."""
         self._pcm.extend(pcm16)
         self._new_audio.set()
 
@@ -91,19 +140,18 @@ class StreamingSession:
         if samples == 0:
             return Result(self._language, "")
         started = time.monotonic()
-        audio = self._audio(samples)
+        snapshot = self._pcm.snapshot(samples)
+        parts: List[Callable[[], np.ndarray]] = []
         if samples > self._window_samples:
-            from .engine import split_long_audio
-
-            parts = split_long_audio(audio)
-        else:
-            parts = [audio]
-        if self._last_output is not None and self._last_output[0] == samples:
+            split = await self._handle.run(lambda _engine: _split(snapshot.audio()), Priority.REALTIME)
+            parts = [(lambda part=part: part) for part in split]
+            raw = await self._decode(parts.pop(0), prefix=self._committed.ids)
+        elif self._last_output is not None and self._last_output[0] == samples:
             raw = self._last_output[1]  # no audio since the last step: its whole output is final
         else:
-            raw = await self._decode(parts[0], prefix=self._committed.ids)
+            raw = await self._decode(snapshot.audio, prefix=self._committed.ids)
         texts = [raw]
-        for part in parts[1:]:
+        for part in parts:
             texts.append(await self._decode(part, prefix=[]))
         # as the official transcribe: each part parsed (repetition fix included), the texts joined
         parsed = [final_text(raw_part, self._language) for raw_part in texts]
@@ -118,8 +166,10 @@ class StreamingSession:
         return Result(language or self._language, text)
 
     async def cancel(self) -> None:
+        """Stop at once: a running step ends at its next token, and the audio is let go."""
         self._closed = True
         self._abort = True
+        self._pcm.clear()
         self._new_audio.set()
         self._step_task.cancel()
         try:
@@ -145,7 +195,7 @@ class StreamingSession:
             started = time.monotonic()
             self._inflight_samples = samples
             try:
-                raw = await self._step(self._audio(samples))
+                raw = await self._step(self._pcm.snapshot(samples))
             finally:
                 self._inflight_samples = -1
             if raw is None:
@@ -164,20 +214,17 @@ class StreamingSession:
                 piece, self._sent = text[len(self._sent) :], text
                 await self._on_text(language, piece)
 
-    def _audio(self, samples: int) -> np.ndarray:
-        pcm = np.frombuffer(bytes(self._pcm[: samples * 2]), dtype=np.int16)
-        return pcm.astype(np.float32) / 32768.0
-
     def _run_decode(self, engine: "AsrEngine", audio: np.ndarray, prefix: List[int]) -> List[int]:
         if self._prompt is None:
             self._prompt = engine.prompt(self._context, self._language)
         cap = max(max_new_tokens_for(len(audio) / SAMPLE_RATE) - len(prefix), 8)
         return engine.decode(audio, self._prompt, prefix, max_new_tokens=cap, should_stop=lambda: self._abort)
 
-    async def _step(self, audio: np.ndarray) -> Optional[str]:
+    async def _step(self, snapshot: Snapshot) -> Optional[str]:
         """One streaming step; returns the committed raw text, or None when it was aborted."""
 
         def job(engine: "AsrEngine") -> Optional[str]:
+            audio = snapshot.audio()
             generated = self._run_decode(engine, audio, self._committed.ids)
             if self._abort:
                 # cut short by audio-stop: its tokens are as good as any step's, minus the rollback
@@ -189,10 +236,16 @@ class StreamingSession:
 
         return await self._handle.run(job, Priority.REALTIME)
 
-    async def _decode(self, audio: np.ndarray, prefix: List[int]) -> str:
-        """Raw output (prefix included) of one decode over `audio`."""
+    async def _decode(self, audio: Callable[[], np.ndarray], prefix: List[int]) -> str:
+        """Raw output (prefix included) of one decode over `audio()`, called on the inference thread."""
 
         def job(engine: "AsrEngine") -> str:
-            return engine.text(list(prefix) + self._run_decode(engine, audio, list(prefix)))
+            return engine.text(list(prefix) + self._run_decode(engine, audio(), list(prefix)))
 
         return await self._handle.run(job, Priority.REALTIME)
+
+
+def _split(audio: np.ndarray) -> List[np.ndarray]:
+    from .engine import split_long_audio
+
+    return split_long_audio(audio)
