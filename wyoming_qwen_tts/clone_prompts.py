@@ -4,17 +4,54 @@
 encoder; that takes seconds on a CPU, so its result is cached in `VOICES/<name>/.clone-prompt-<model>.safetensors`
 (safetensors: tensors plus string metadata, nothing that unpickles). The cache is keyed by a hash of
 reference.wav and reference.txt and by the model; a changed reference rebuilds it.
+
+A reference must be MIN_REFERENCE_SECONDS to MAX_REFERENCE_SECONDS long; it is checked from the file's
+header (`soundfile.info`) before anything reads the audio. Qwen3-TTS clones from about 3 s of speech;
+under 1 s the speaker encoder has too little to go on. Past 60 s the reference is a burden, not a help:
+its codes (12.5 per second) are put before every sentence's prompt, so a minute already adds 750
+positions to each sentence's prefill. A too-long reference is rejected rather than trimmed, because
+reference.txt is the transcript of the whole recording: a cut recording would no longer match it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 _LOGGER = logging.getLogger(__name__)
+
+
+MIN_REFERENCE_SECONDS = 1.0
+MAX_REFERENCE_SECONDS = 60.0
+_ACCEPTED = (
+    f"a reference must be {MIN_REFERENCE_SECONDS:g} to {MAX_REFERENCE_SECONDS:g} s of clear speech "
+    "(3 to 10 s works best) in a WAV file, with its words in reference.txt"
+)
+
+
+class BadReference(ValueError):
+    """A cloned voice's reference.wav cannot be used; the message says why and what is accepted."""
+
+
+def check_reference(folder: Path) -> float:
+    """The reference's length in seconds, read from its header; BadReference when it cannot be used."""
+    import soundfile as sf
+
+    name = f"{folder.name}/reference.wav"
+    try:
+        info = sf.info(str(folder / "reference.wav"))
+    except Exception as err:  # soundfile's LibsndfileError (a RuntimeError), or an OSError
+        raise BadReference(f"Voice {folder.name!r}: {name} cannot be read as audio ({err}); {_ACCEPTED}") from None
+    seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    if not MIN_REFERENCE_SECONDS <= seconds <= MAX_REFERENCE_SECONDS:
+        raise BadReference(f"Voice {folder.name!r}: {name} is {seconds:.2f} s long; {_ACCEPTED}")
+    return seconds
 
 
 def reference_digest(folder: Path) -> str:
@@ -38,6 +75,7 @@ class ClonePromptCache:
         self.computed = 0
 
     def get(self, tts, folder: Path) -> List:
+        check_reference(folder)
         digest = reference_digest(folder)
         key = (str(folder), digest)
         if key in self._memory:
@@ -54,7 +92,12 @@ class ClonePromptCache:
         import soundfile as sf
 
         started = time.monotonic()
-        audio, rate = sf.read(str(folder / "reference.wav"), dtype="float32", always_2d=False)
+        try:
+            audio, rate = sf.read(str(folder / "reference.wav"), dtype="float32", always_2d=False)
+        except Exception as err:  # a header that promises more than the file holds
+            raise BadReference(
+                f"Voice {folder.name!r}: {folder.name}/reference.wav cannot be read as audio ({err}); {_ACCEPTED}"
+            ) from None
         if audio.ndim > 1:
             audio = audio.mean(axis=1)
         text = (folder / "reference.txt").read_text(encoding="utf-8").strip()
@@ -93,7 +136,7 @@ class ClonePromptCache:
             return None
 
     def _save(self, folder: Path, digest: str, items: List) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         (item,) = items
         tensors = {"ref_spk_embedding": item.ref_spk_embedding.detach().cpu().contiguous()}
@@ -106,7 +149,18 @@ class ClonePromptCache:
             "ref_text": item.ref_text or "",
         }
         path = cache_path(folder, self.model_id)
+        # written whole to a temporary file beside it, then renamed: a full disk or a crash never
+        # leaves a partial cache file under the real name
+        temporary = None
         try:
-            save_file(tensors, str(path), metadata=meta)
-        except OSError as err:  # a read-only voices folder: keep it in memory only
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=f"{path.name}.", suffix=".tmp")
+            with os.fdopen(handle, "wb") as f:
+                f.write(save(tensors, metadata=meta))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except OSError as err:  # a full disk, a read-only voices folder: keep it in memory only
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
             _LOGGER.warning("Cannot write %s (%s); the clone prompt is kept in memory only", path, err)

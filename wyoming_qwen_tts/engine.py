@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .clone_prompts import ClonePromptCache
-from .frames import generate_frames
+from .frames import generate_frames, watched_frames
 from .incremental_decoder import IncrementalDecoder
 from .voices import CLONE, DESIGN, PRESET, Voice
 
@@ -55,10 +55,15 @@ class TtsEngine:
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
         return cls(tts, model_id)
 
-    def synthesize(self, text: str, voice: Voice, language: Optional[str]) -> np.ndarray:
+    def synthesize(
+        self, text: str, voice: Voice, language: Optional[str], should_stop: Optional[Callable[[], bool]] = None
+    ) -> np.ndarray:
         """Float32 audio at 24 kHz for one sentence (capped by `max_frames_for`), in one piece: the
-        official wrapper's output, its 300-frame chunked decode included."""
-        wavs, rate = self._official_call(text, voice, language, max_frames_for(text))()
+        official wrapper's output, its 300-frame chunked decode included. Raises GenerationStopped
+        when `should_stop()` says so between two frames."""
+        call = self._official_call(text, voice, language, max_frames_for(text))
+        with watched_frames(self.tts, should_stop):
+            wavs, rate = call()
         assert rate == SAMPLE_RATE, rate
         return np.asarray(wavs[0], dtype=np.float32)
 

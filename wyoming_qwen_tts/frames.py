@@ -20,9 +20,12 @@ away) never runs:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 import torch
+
+from shared.inference import heartbeat
 
 
 class GenerationStopped(Exception):
@@ -57,6 +60,7 @@ def generate_frames(
             return
         if int(codes[0, 0]) == eos:  # guard only: see the module docstring
             raise _Done
+        heartbeat()
         if should_stop is not None and should_stop():
             raise GenerationStopped
         on_frame(codes[0].detach())
@@ -79,3 +83,23 @@ def generate_frames(
         else:
             speech_tokenizer.decode = own_decode
     return count
+
+
+@contextlib.contextmanager
+def watched_frames(tts, should_stop: Optional[Callable[[], bool]] = None) -> Iterator[None]:
+    """While inside, each new frame of `tts` beats the inference thread's heartbeat and, once
+    `should_stop()` says so, ends generation by raising GenerationStopped. Nothing else changes: an
+    official call that is not stopped returns exactly what it returns without this."""
+
+    def hook(_module, _inputs, output):
+        if output.hidden_states[1] is None:  # the prefill forward carries no frame
+            return
+        heartbeat()
+        if should_stop is not None and should_stop():
+            raise GenerationStopped
+
+    handle = tts.model.talker.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

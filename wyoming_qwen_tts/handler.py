@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import unicodedata
 from typing import Optional
 
 from wyoming.event import Event
@@ -21,14 +23,16 @@ from shared.handler import ServerEventHandler, handles
 from shared.languages import TTS_LANGUAGES, UnsupportedLanguage
 
 from .app import MODEL_KEYS, TtsApp
+from .clone_prompts import BadReference, check_reference
 from .sentences import SentenceSplitter, split_text
 from .spoken_reply import SpokenReply
-from .voices import UnknownVoice
+from .voices import CLONE, UnknownVoice
 
 _LOGGER = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 5000  # per request; a longer text gets an error, not a minutes-long wait
 TOO_LONG = f"The text is over {MAX_TEXT_CHARS} characters, the limit of one request; send it as several requests"
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")  # e.g. the colour codes of a log pasted in
 
 
 class TtsEventHandler(ServerEventHandler):
@@ -72,7 +76,7 @@ class TtsEventHandler(ServerEventHandler):
         reply = await self._begin(request.voice)
         if reply is None:
             return
-        for sentence in split_text(request.text):
+        for sentence in split_text(_speakable(request.text)):
             reply.add(sentence)
         self._finish_in_background(stream=False)
 
@@ -98,7 +102,7 @@ class TtsEventHandler(ServerEventHandler):
         if self._stream_chars > MAX_TEXT_CHARS:
             await self._fail(TOO_LONG, "text-too-long")
             return
-        for sentence in self._splitter.add(chunk.text):
+        for sentence in self._splitter.add(_speakable(chunk.text)):
             self._reply.add(sentence)
 
     @handles(SynthesizeStop)
@@ -121,6 +125,12 @@ class TtsEventHandler(ServerEventHandler):
         except UnknownVoice as err:
             await self.error(str(err), "unknown-voice")
             return None
+        if voice.kind == CLONE:  # before the model loads; checked again before its prompt is computed
+            try:
+                await asyncio.to_thread(check_reference, voice.folder)
+            except BadReference as err:
+                await self.error(str(err), "voice-reference")
+                return None
         language = _request_language(requested) or voice.language or self.app.default_language
         self._reply = SpokenReply(
             self.app.manager,
@@ -143,6 +153,11 @@ class TtsEventHandler(ServerEventHandler):
             await reply.finish()
         except asyncio.CancelledError:
             raise
+        except ConnectionError:  # the client left, or was dropped for not reading: nobody to tell
+            return
+        except BadReference as err:  # the reference changed since the request began
+            await self.error(str(err), "voice-reference")
+            return
         except Exception as err:  # the model failed: tell the client, keep serving
             _LOGGER.exception("Synthesis failed")
             await self.error(f"Synthesis failed: {err}", "synthesis-failed")
@@ -167,3 +182,11 @@ def _request_language(requested: Optional[SynthesizeVoice]) -> Optional[str]:
     except UnsupportedLanguage:
         _LOGGER.debug("Request language %r is not a Qwen3-TTS language; using the voice's", requested.language)
         return None
+
+
+def _speakable(text: str) -> str:
+    """The text without terminal escape sequences and control characters (NUL, BEL...): they are not
+    speech, and each would still count toward the sentence's frame cap. Format characters such as the
+    right-to-left mark and the emoji joiner stay."""
+    text = _TERMINAL_ESCAPE.sub("", text)
+    return "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")

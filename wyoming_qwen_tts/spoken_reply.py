@@ -85,11 +85,7 @@ class SpokenReply:
                 priority = Priority.REALTIME if first else Priority.BULK
                 first = False
                 if self._first_chunk_frames is None:
-                    audio = await model.run(
-                        lambda engine, s=sentence: engine.synthesize(s, self.voice, self.language), priority
-                    )
-                    await self._send(audio)
-                    seconds = len(audio) / SAMPLE_RATE
+                    seconds = await self._whole_sentence(model, sentence, priority)
                 else:
                     seconds = await self._stream_sentence(model, sentence, priority)
                 _LOGGER.debug(
@@ -100,6 +96,19 @@ class SpokenReply:
                     sentence,
                 )
                 self.sentences_done += 1
+
+    async def _whole_sentence(self, model, sentence: str, priority: Priority) -> float:
+        stop = threading.Event()
+        job = asyncio.ensure_future(
+            model.run(lambda engine: engine.synthesize(sentence, self.voice, self.language, stop.is_set), priority)
+        )
+        try:
+            audio = await job
+        except BaseException:
+            _abandon(job, stop)
+            raise
+        await self._send(audio)
+        return len(audio) / SAMPLE_RATE
 
     async def _stream_sentence(self, model, sentence: str, priority: Priority) -> float:
         """Send a sentence's audio chunk by chunk while its frames are still being generated."""
@@ -122,16 +131,20 @@ class SpokenReply:
         try:
             while not (job.done() and audio_out.empty()):
                 getter = asyncio.ensure_future(audio_out.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
+                try:
+                    await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    got = getter.done()
+                    if not got:
+                        getter.cancel()
+                if not got:
                     continue
                 audio = getter.result()
                 samples += len(audio)
                 await self._send(audio)
             job.result()  # raises what the generation raised
         except BaseException:
-            stop.set()  # a disconnect: generation ends at the next frame
+            _abandon(job, stop)
             raise
         return samples / SAMPLE_RATE
 
@@ -146,3 +159,10 @@ class SpokenReply:
             self.first_audio_at = time.monotonic()
         for piece in chunks(float_to_pcm16(audio), self._samples_per_chunk):
             await self._write_event(AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=piece).event())
+
+
+def _abandon(job: "asyncio.Future", stop: threading.Event) -> None:
+    """The reply is cancelled (a disconnect) or failed: a sentence job still queued is dropped before
+    it starts, and one already running ends at its next frame."""
+    stop.set()
+    job.cancel()
