@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Callable, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from wyoming.event import Event
@@ -38,17 +37,18 @@ def new_manager(args: argparse.Namespace) -> ModelManager:
     return ModelManager(max_loaded=args.max_loaded_models, keep_last_loaded=args.worker_of is not None)
 
 
-def model_loader(model: str, args: argparse.Namespace, load_engine: Callable[[Path, str, Any], T]) -> Callable[[], T]:
-    """The loader the model manager runs (on the inference thread): find or download `model`, pick
-    the device and dtype from the options, then `load_engine(path, device, dtype)`."""
+def model_loader(model: str, args: argparse.Namespace, load_engine: Callable[..., T]) -> Callable[[], T]:
+    """The loader the model manager runs (on its loader thread): find or download `model`, pick the
+    device, dtype and quantization from the options, then `load_engine(path, device, dtype, quantize)`."""
 
     def load() -> T:
         from .devices import resolve_device, resolve_dtype
         from .model_store import resolve_model
+        from .quantize import resolve_quantize
 
         path = resolve_model(model, args.data_dir, args.local_files_only)
         device = resolve_device(args.device)
-        return load_engine(path, device, resolve_dtype(args.dtype, device))
+        return load_engine(path, device, resolve_dtype(args.dtype, device), resolve_quantize(args.quantize, device))
 
     return load
 

@@ -332,10 +332,14 @@ async def test_unsupported_language_lists_the_supported_ones(start_asr):
     await assert_still_serving(server)
 
 
-async def test_unstreamed_request_equals_the_official_transcribe(start_asr):
-    """With no streaming step, the server's transcript is the official `transcribe` output."""
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+async def test_unstreamed_request_equals_the_official_transcribe(start_asr, quantize):
+    """With no streaming step, the server's transcript is the official `transcribe` output, in both modes."""
 
-    server = await start_asr("--chunk-seconds", "100", "--context", "Kitchen")
+    server = await start_asr("--chunk-seconds", "100", "--context", "Kitchen", "--quantize", quantize)
+    engine = server.app.manager.loaded("asr")
+    quantized = [m for m in engine.model.modules() if type(m).__name__ == "Int8Linear"]
+    assert bool(quantized) == (quantize == "int8")
     pcm = speechlike(2.5, seed=7)
     events = await transcribe(server, pcm, language="en")
     (transcript,) = texts(events, "transcript")

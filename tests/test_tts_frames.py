@@ -17,12 +17,19 @@ from wyoming_helpers import read_until
 FRAMES = 40
 
 
-@pytest.fixture(scope="module")
-def models(tiny_dir):
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def models(tiny_dir, request):
+    """The three tiny models, as loaded (float32) or with `--quantize int8`: streaming is exact in both."""
     from qwen_tts import Qwen3TTSModel
 
+    from shared.quantize import quantize_int8
+
     def load(name):
-        return Qwen3TTSModel.from_pretrained(str(tiny_dir / name), dtype=torch.float32, device_map="cpu")
+        tts = Qwen3TTSModel.from_pretrained(str(tiny_dir / name), dtype=torch.float32, device_map="cpu")
+        if request.param == "int8":
+            talker = tts.model.talker
+            assert quantize_int8([talker.model, talker.code_predictor.model], name) > 0
+        return tts
 
     return {"preset": load("tts-custom-voice"), "clone": load("tts-base"), "design": load("tts-voice-design")}
 

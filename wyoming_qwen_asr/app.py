@@ -62,7 +62,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(path, device, dtype):
+def _load_engine(path, device, dtype, quantize):
     from .engine import AsrEngine
 
-    return AsrEngine.load(path, device, dtype)
+    return AsrEngine.load(path, device, dtype, quantize=quantize)

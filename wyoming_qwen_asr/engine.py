@@ -43,8 +43,11 @@ class AsrEngine:
             self.encoder_cache = EncoderCache(tower)
 
     @classmethod
-    def load(cls, path: Path, device: str, dtype, attention: Optional[str] = None) -> "AsrEngine":
-        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run."""
+    def load(
+        cls, path: Path, device: str, dtype, attention: Optional[str] = None, quantize: str = "none"
+    ) -> "AsrEngine":
+        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
+        quantize "int8": the language model's linear layers in int8 (the audio encoder and head stay float)."""
         from qwen_asr import Qwen3ASRModel
 
         from shared.devices import load_pretrained
@@ -53,6 +56,10 @@ class AsrEngine:
             Qwen3ASRModel.from_pretrained, path, device, dtype, attention, max_new_tokens=TOKEN_MARGIN
         )
         _LOGGER.info("Qwen3-ASR %s", loaded)
+        if quantize == "int8":
+            from shared.quantize import quantize_int8
+
+            quantize_int8([asr.model.thinker.model], "the ASR language model")
         return cls(asr)
 
     # -- prompts --------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(model_id: str, path, device, dtype):
+def _load_engine(model_id: str, path, device, dtype, quantize):
     from .engine import TtsEngine
 
-    return TtsEngine.load(path, model_id, device, dtype)
+    return TtsEngine.load(path, model_id, device, dtype, quantize=quantize)

@@ -45,14 +45,23 @@ class TtsEngine:
         self.frames_generated = 0  # progress, read by tests and logs
 
     @classmethod
-    def load(cls, path: Path, model_id: str, device: str, dtype, attention: Optional[str] = None) -> "TtsEngine":
-        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run."""
+    def load(
+        cls, path: Path, model_id: str, device: str, dtype, attention: Optional[str] = None, quantize: str = "none"
+    ) -> "TtsEngine":
+        """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
+        quantize "int8": the talker's and code predictor's linear layers in int8 (heads, embeddings and the
+        codec decoder stay float)."""
         from qwen_tts import Qwen3TTSModel
 
         from shared.devices import load_pretrained
 
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
+        if quantize == "int8":
+            from shared.quantize import quantize_int8
+
+            talker = tts.model.talker
+            quantize_int8([talker.model, talker.code_predictor.model], "the TTS talker and code predictor")
         return cls(tts, model_id)
 
     def synthesize(

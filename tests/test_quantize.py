@@ -1,0 +1,114 @@
+"""`--quantize int8`: what is quantized, what is not, and how far the logits move (the accuracy guard).
+
+Accuracy needs trained weights, which cannot be had here. The guard is the relative error of the logits,
+int8 against float32, teacher-forced over 300 steps of each quantized decoder: the same functions that
+`script/bench quantize` prints at the real 0.6B shapes.
+
+Why a 2% bound on these tiny checkpoints: rounding to int8 moves each weight by at most half a step
+(1/254 of its row's largest magnitude) and each activation likewise per token, and the errors of
+independent elements add in quadrature. A correct quantization measures 0.05-0.7% here. (At the real
+0.6B shapes, with 28 random layers compounding, it is 1.7-4.9%.) The defects this has to catch move
+logits by several times that: a scale on the wrong axis, a transposed or stale weight, an output head
+or embedding quantized by mistake, clipped activations. `test_the_guard_catches_a_wrong_scale` shows
+one at more than 5x the bound.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from shared.quantize import Int8Linear, quantize_int8, resolve_quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import quantize as bench_quantize
+
+BOUND = 0.02
+
+
+def int8_layers(module: nn.Module) -> int:
+    return sum(isinstance(m, Int8Linear) for m in module.modules())
+
+
+@pytest.fixture(scope="module")
+def asr_engines(asr_model_dir):
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    return {mode: AsrEngine.load(asr_model_dir, "cpu", torch.float32, quantize=mode) for mode in ("none", "int8")}
+
+
+@pytest.fixture(scope="module")
+def tts_engines(tiny_dir):
+    from wyoming_qwen_tts.engine import TtsEngine
+
+    path = tiny_dir / "tts-custom-voice"
+    return {mode: TtsEngine.load(path, str(path), "cpu", torch.float32, quantize=mode) for mode in ("none", "int8")}
+
+
+def test_auto_means_int8_on_a_cpu_and_none_on_cuda():
+    assert resolve_quantize("auto", "cpu") == "int8"
+    assert resolve_quantize("auto", "cuda:0") == "none"
+    assert resolve_quantize("none", "cpu") == "none" and resolve_quantize("int8", "cuda:0") == "int8"
+
+
+def test_only_the_asr_language_model_is_quantized(asr_engines):
+    float_model, int8_model = asr_engines["none"].model.thinker, asr_engines["int8"].model.thinker
+    assert int8_layers(float_model) == 0
+    linears = sum(type(m) is nn.Linear for m in float_model.model.modules())
+    assert int8_layers(int8_model.model) == linears > 0
+    assert int8_layers(int8_model.audio_tower) == 0 and type(int8_model.lm_head) is nn.Linear
+    assert type(int8_model.model.embed_tokens) is nn.Embedding
+
+
+def test_only_the_talker_and_code_predictor_are_quantized(tts_engines):
+    talker = tts_engines["int8"].tts.model.talker
+    assert int8_layers(talker.model) > 0 and int8_layers(talker.code_predictor.model) > 0
+    assert type(talker.codec_head) is nn.Linear and int8_layers(talker.text_projection) == 0
+    assert all(type(head) is nn.Linear for head in talker.code_predictor.lm_head)
+    assert int8_layers(tts_engines["int8"].tts.model.speech_tokenizer.model) == 0
+
+
+def test_asr_logit_error_stays_under_the_bound(asr_engines):
+    error = bench_quantize.asr_logit_error(asr_engines["none"], asr_engines["int8"])
+    print(f"ASR language model logit error: {error:.4f}")
+    assert 0 < error < BOUND
+
+
+def test_tts_logit_error_stays_under_the_bound(tts_engines):
+    errors = bench_quantize.tts_logit_error(tts_engines["none"].tts, tts_engines["int8"].tts)
+    print(f"TTS logit errors: {errors}")
+    assert all(0 < error < BOUND for error in errors.values()), errors
+
+
+def test_an_int8_layer_is_close_to_its_float_layer_for_any_row_count():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 384)
+    layer = Int8Linear(linear)
+    for rows in (1, 3, 40):
+        x = torch.randn(2, rows, 256)
+        with torch.inference_mode():
+            reference, ours = linear(x), layer(x)
+        assert ours.shape == reference.shape
+        assert float((ours - reference).norm() / reference.norm()) < 0.02
+
+
+def test_the_guard_catches_a_wrong_scale(asr_model_dir, asr_engines):
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    broken = AsrEngine.load(asr_model_dir, "cpu", torch.float32, quantize="int8")
+    for layer in broken.model.thinker.model.modules():
+        if isinstance(layer, Int8Linear):
+            layer.weight_scale = layer.weight_scale.flip(0)  # each channel gets another channel's scale
+    assert bench_quantize.asr_logit_error(asr_engines["none"], broken) > 5 * BOUND
+
+
+def test_quantize_int8_replaces_only_plain_linear_layers():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Embedding(4, 8), nn.Sequential(nn.Linear(8, 2)))
+    assert quantize_int8([model], "a test model") == 2
+    assert isinstance(model[0], Int8Linear) and isinstance(model[2][0], Int8Linear)
+    assert type(model[1]) is nn.Embedding
