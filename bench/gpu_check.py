@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import read_until, send_audio, speechlike, tts_args  # noqa: E402
+from wyoming_helpers import children, read_until, send_audio, speechlike, tts_args  # noqa: E402
 
 SENTENCE = "The lights in the kitchen are off now, and the front door is locked for the night."
 
@@ -50,11 +50,7 @@ def gpu_memory_mib(pids) -> float:
 
 def family(pid: int):
     """The gateway and its workers."""
-    try:
-        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        kids = []
-    return [pid, *kids]
+    return [pid, *children(pid)]
 
 
 async def start(command, workdir, name):

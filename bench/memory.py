@@ -22,28 +22,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import read_until, send_audio, speechlike  # noqa: E402
+from wyoming_helpers import children, read_until, rss_kib, send_audio, speechlike, wait_until_listening  # noqa: E402
 
 GATEWAY_TARGET_MIB = 40
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def children(pid: int):
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
+    kib = rss_kib(pid)
+    return float("nan") if kib is None else kib / 1024
 
 
 async def start(module, args, workdir):
-    from wyoming.client import AsyncClient
-
     uri = f"unix://{workdir}/{module}.sock"
     log = open(workdir / f"{module}.log", "wb")
     process = await asyncio.create_subprocess_exec(
@@ -61,14 +50,8 @@ async def start(module, args, workdir):
         stderr=log,
         cwd=ROOT,
     )
-    while True:
-        try:
-            client = AsyncClient.from_uri(uri)
-            await client.connect()
-            await client.disconnect()
-            return process, uri
-        except OSError:
-            await asyncio.sleep(0.05)
+    await wait_until_listening(process, uri, workdir / f"{module}.log", module)
+    return process, uri
 
 
 async def asr_request(uri):

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import random
 import re
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
-from wyoming_helpers import speechlike  # noqa: E402
+from wyoming_helpers import children, rss_kib, speechlike, wait_until_listening  # noqa: E402
 
 IDLE_UNLOAD = 10**6  # seconds: the worker must not be stopped during the run
 MEMORY_AT = 100  # request after which memory is first measured (scaled down for short runs)
@@ -66,23 +65,6 @@ FRAME_LEVEL = {ERROR, ERROR_CLOSED, CLOSED}  # a frame that cannot be read: an e
 # -- servers ----------------------------------------------------------------------------------------
 
 
-def rss_kib(pid: int) -> Optional[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except FileNotFoundError:
-        pass
-    return None
-
-
-def children(pid: int) -> List[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 @dataclass
 class Server:
     name: str
@@ -98,13 +80,8 @@ class Server:
         kids = children(self.pid)
         return kids[0] if len(kids) == 1 else None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
 
 async def start_server(name: str, module: str, args: List[str], workdir: Path) -> Server:
-    from wyoming.client import AsyncClient
-
     uri = f"unix://{workdir}/{name}.sock"
     log_path = workdir / f"{name}.log"
     log = open(log_path, "wb")
@@ -123,18 +100,8 @@ async def start_server(name: str, module: str, args: List[str], workdir: Path) -
         stderr=log,
         cwd=ROOT,
     )
-    server = Server(name, process, uri, log_path)
-    for _ in range(1200):
-        if process.returncode is not None:
-            raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            client = AsyncClient.from_uri(uri)
-            await client.connect()
-            await client.disconnect()
-            return server
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{module} did not listen on {uri}")
+    await wait_until_listening(process, uri, log_path, module)
+    return Server(name, process, uri, log_path)
 
 
 async def stop_server(server: Server) -> None:
@@ -145,17 +112,6 @@ async def stop_server(server: Server) -> None:
         except asyncio.TimeoutError:
             server.process.kill()
             await server.process.wait()
-
-
-def tiny_checkpoints(tiny_dir: Optional[str], workdir: Path) -> Path:
-    """--tiny-dir or WYOMING_QWEN_TINY_DIR when it holds all tiny checkpoints, else build them."""
-    for candidate in (tiny_dir, os.environ.get("WYOMING_QWEN_TINY_DIR")):
-        if candidate and all((Path(candidate) / name / "config.json").exists() for name in tiny_models.BUILDERS):
-            return Path(candidate)
-    out = workdir / "tiny"
-    for name, build in tiny_models.BUILDERS.items():
-        build(out / name)
-    return out
 
 
 # -- raw connections ----------------------------------------------------------------------------------
@@ -586,7 +542,7 @@ async def soak(
     verbose: bool = False,
 ) -> Report:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-soak-"))
-    tiny = tiny_checkpoints(tiny_dir, workdir)
+    tiny = tiny_models.prebuilt_or_build(workdir / "tiny", tiny_dir)
     report = Report(requests=requests)
     report.memory_at = MEMORY_AT if requests >= 2 * MEMORY_AT else max(2, requests // 5)
     servers: Dict[str, Server] = {}

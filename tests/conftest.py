@@ -26,19 +26,13 @@ DEVICE_ARGS = [
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import start_server, tts_args  # noqa: E402
+from wyoming_helpers import children, start_server, tts_args, wait_until_listening  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """Tiny checkpoints, built once. WYOMING_QWEN_TINY_DIR reuses a directory built earlier."""
-    prebuilt = os.environ.get("WYOMING_QWEN_TINY_DIR")
-    if prebuilt and all((Path(prebuilt) / name / "config.json").exists() for name in tiny_models.BUILDERS):
-        return Path(prebuilt)
-    out = tmp_path_factory.mktemp("tiny-models")
-    for name, build in tiny_models.BUILDERS.items():
-        build(out / name)
-    return out
+    return tiny_models.prebuilt_or_build(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")
@@ -139,10 +133,7 @@ class ServerProcess:
         return self.process.pid
 
     def children(self):
-        try:
-            return [int(p) for p in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
+        return children(self.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -156,8 +147,6 @@ class ServerProcess:
 @pytest.fixture
 async def server_process(tmp_path):
     """Start `python -m MODULE ARGS...` on a unix socket (or the given --uri) and wait until it listens."""
-    from wyoming.client import AsyncClient
-
     started = []
 
     async def start(module, *args, uri=None, env=None, cwd=ROOT, console_script=None, **popen):
@@ -183,17 +172,8 @@ async def server_process(tmp_path):
         )
         running = ServerProcess(process, uri, log_path)
         started.append(running)
-        for _ in range(600):
-            if process.returncode is not None:
-                raise AssertionError(f"{module} exited with {process.returncode}:\n{running.log()[-3000:]}")
-            try:
-                client = AsyncClient.from_uri(uri)
-                await client.connect()
-                await client.disconnect()
-                return running
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"{module} did not listen on {uri}")
+        await wait_until_listening(process, uri, log_path, module, attempts=600)
+        return running
 
     yield start
     for running in started:

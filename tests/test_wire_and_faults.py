@@ -28,7 +28,7 @@ from wyoming.tts import Synthesize
 
 from shared.connection import MAX_DATA_BYTES, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
 
-from wyoming_helpers import read_until, send_audio, speechlike, tts_args
+from wyoming_helpers import read_until, rss_kib, send_audio, speechlike, tts_args
 
 pytestmark = pytest.mark.asyncio
 
@@ -145,12 +145,7 @@ async def check_bad_frames(uri: str, real_request, cases=BAD_FRAMES) -> List[str
 async def test_bad_frames_at_the_gateway_get_an_error_and_it_serves_on(server_process, asr_model_dir):
     server = await server_process("wyoming_qwen_asr", "--model", str(asr_model_dir))
     assert await check_bad_frames(server.uri, real_transcription) == []
-    gateway_rss_kib = int(
-        next(
-            line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines() if line.startswith("VmRSS")
-        ).split()[1]
-    )
-    assert gateway_rss_kib < 200_000  # nothing announced was buffered (10^12 bytes were announced)
+    assert rss_kib(server.pid) < 200_000  # nothing announced was buffered (10^12 bytes were announced)
 
 
 async def test_bad_frames_at_a_worker_get_an_error_and_it_serves_on(server_process, tiny_dir, voices_dir):

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -523,6 +524,16 @@ def _tts_builder(kind):
 
 
 BUILDERS = {"asr": build_asr, **{name: _tts_builder(kind) for name, kind in TTS_KINDS.items()}}
+
+
+def prebuilt_or_build(out_dir: Path, prebuilt: Optional[str] = None) -> Path:
+    """`prebuilt` (or WYOMING_QWEN_TINY_DIR) when it holds every tiny checkpoint, else build them in `out_dir`."""
+    for candidate in (prebuilt, os.environ.get("WYOMING_QWEN_TINY_DIR")):
+        if candidate and all((Path(candidate) / name / "config.json").exists() for name in BUILDERS):
+            return Path(candidate)
+    for name, build in BUILDERS.items():
+        build(Path(out_dir) / name)
+    return Path(out_dir)
 
 
 def main(argv=None) -> int:

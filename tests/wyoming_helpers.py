@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
@@ -59,3 +60,44 @@ def tts_args(tiny_dir, voices_dir, *extra) -> List[str]:
     models = {"--model": "tts-custom-voice", "--clone-model": "tts-base", "--design-model": "tts-voice-design"}
     options = [part for flag, name in models.items() for part in (flag, str(tiny_dir / name))]
     return [*options, "--voices-dir", str(voices_dir), *extra]
+
+
+# -- server processes (tests and benchmarks) ----------------------------------------------------------
+
+
+def rss_kib(pid: int) -> Optional[int]:
+    """Resident memory of a process (VmRSS), or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def children(pid: int) -> List[int]:
+    """A gateway's worker processes (its children)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+async def wait_until_listening(process, uri: str, log_path: Path, what: str, attempts: int = 1200) -> None:
+    """Wait until a started server accepts connections on `uri`; RuntimeError (with its log's tail) when
+    it exits first or does not listen within `attempts` tries 50 ms apart."""
+    from wyoming.client import AsyncClient
+
+    for _ in range(attempts):
+        if process.returncode is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{tail}")
+        try:
+            client = AsyncClient.from_uri(uri)
+            await client.connect()
+            await client.disconnect()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {uri}; see {log_path}")
