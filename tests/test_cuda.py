@@ -70,3 +70,32 @@ def test_encoder_windows_hold_on_flash_attention(asr_model_dir):
         with torch.inference_mode():
             outputs[attention] = tower(feats, feature_lens=lens).last_hidden_state.float()
     assert torch.allclose(outputs["flash_attention_2"], outputs["sdpa"], atol=5e-2, rtol=5e-2)
+
+
+def test_cuda_graphs_replay_the_eager_step_loop(tiny_dir):
+    """--cuda-graphs: the captured steps give the same greedy codes as the same steps run eagerly (same cache
+    length, so the same kernels), for a preset voice; and a sampled sentence streams to its frame cap."""
+    from wyoming_qwen_tts.cuda_graphs import CAPACITY
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
+    from wyoming_qwen_tts.frames import generate_frames
+    from wyoming_qwen_tts.step_loop import FrameSteps, StepLoop
+    from wyoming_qwen_tts.voices import PRESET, Voice
+
+    path = tiny_dir / "tts-custom-voice"
+    engine = TtsEngine.load(path, str(path), DEVICE, torch.bfloat16, cuda_graphs=True)
+    assert engine.step_loop is not None and engine.step_loop.graphs is not None
+    tts = engine.tts
+    call = lambda: tts.generate_custom_voice(  # noqa: E731
+        text="Hello there, graphs.", speaker="ryan", language="english", max_new_tokens=31, do_sample=False
+    )
+    eager = StepLoop(tts.model.talker, steps=FrameSteps(tts.model.talker, CAPACITY))
+    codes = {}
+    for name, loop in (("graphs", engine.step_loop), ("eager", eager)):
+        frames = []
+        generate_frames(tts, call, frames.append, 30, step_loop=loop)
+        codes[name] = torch.stack(frames)
+    assert torch.equal(codes["graphs"], codes["eager"])
+    pieces = []
+    frames = engine.stream("Hello there.", Voice("ryan", PRESET, "Ryan"), "english", pieces.append)
+    assert frames == max_frames_for("Hello there.")
+    assert sum(len(p) for p in pieces) == frames * FRAME_SAMPLES

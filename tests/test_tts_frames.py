@@ -11,7 +11,9 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_qwen_tts.frames import GenerationStopped, generate_frames
 from wyoming_qwen_tts.incremental_decoder import IncrementalDecoder
+from wyoming_qwen_tts.step_loop import StepLoop
 
+from official import official_codes
 from wyoming_helpers import read_until
 
 FRAMES = 40
@@ -57,33 +59,18 @@ def official_call(models, clone_prompt, kind, sample):
     return tts, lambda: tts.generate_voice_design(instruct="A calm voice.", **kwargs)
 
 
-def official_codes(tts, call, seed):
-    """What the official generate returns, captured at Qwen3TTSForConditionalGeneration.generate."""
-    captured = []
-    original = tts.model.generate
-
-    def spy(*args, **kwargs):
-        codes, hidden = original(*args, **kwargs)
-        captured.append(codes[0])
-        return codes, hidden
-
-    tts.model.generate = spy
-    try:
-        torch.manual_seed(seed)
-        call()
-    finally:
-        del tts.model.generate
-    return captured[0]
-
-
+@pytest.mark.parametrize("loop", ["official-generate", "step-loop"])
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "seeded-sampling"])
 @pytest.mark.parametrize("kind", ["preset", "clone", "design"])
-def test_frames_are_the_official_codes(models, clone_prompt, kind, sample):
+def test_frames_are_the_official_codes(models, clone_prompt, kind, sample, loop):
+    """Frame by frame, from the official generate (watched by a hook) or from our step loop with static KV
+    caches (what --cuda-graphs replays) standing in for talker.generate: the official codes either way."""
     tts, call = official_call(models, clone_prompt, kind, sample)
     expected = official_codes(tts, call, seed=11)
+    step_loop = StepLoop(tts.model.talker) if loop == "step-loop" else None
     frames = []
     torch.manual_seed(11)
-    count = generate_frames(tts, call, frames.append, max_frames=FRAMES)
+    count = generate_frames(tts, call, frames.append, max_frames=FRAMES, step_loop=step_loop)
     assert count == len(frames) == len(expected) > 0
     assert torch.equal(torch.stack(frames), expected)
 

@@ -63,7 +63,8 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     models = choose_models(args)
     manager = manager or new_manager(args)
     for kind, model in models.items():
-        manager.register(MODEL_KEYS[kind], model_loader(model, args, partial(_load_engine, model)), args.idle_unload)
+        load = partial(_load_engine, model, args.cuda_graphs)
+        manager.register(MODEL_KEYS[kind], model_loader(model, args, load), args.idle_unload)
     return TtsApp(
         describe=describer(args),
         manager=manager,
@@ -78,7 +79,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(model_id: str, path, device, dtype, quantize):
+def _load_engine(model_id: str, cuda_graphs: bool, path, device, dtype, quantize):
     from .engine import TtsEngine
 
-    return TtsEngine.load(path, model_id, device, dtype, quantize=quantize)
+    return TtsEngine.load(path, model_id, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs)

@@ -37,8 +37,9 @@ def max_frames_for(text: str) -> int:
 class TtsEngine:
     """A loaded Qwen3-TTS model of one kind (CustomVoice, Base or VoiceDesign)."""
 
-    def __init__(self, tts, model_id: str) -> None:
+    def __init__(self, tts, model_id: str, step_loop=None) -> None:
         self.tts = tts
+        self.step_loop = step_loop  # None: the official generate (see frames.py)
         self.model_id = model_id
         self.kind = tts.model.tts_model_type
         self.clone_prompts = ClonePromptCache(model_id)
@@ -46,15 +47,28 @@ class TtsEngine:
 
     @classmethod
     def load(
-        cls, path: Path, model_id: str, device: str, dtype, attention: Optional[str] = None, quantize: str = "none"
+        cls,
+        path: Path,
+        model_id: str,
+        device: str,
+        dtype,
+        attention: Optional[str] = None,
+        quantize: str = "none",
+        cuda_graphs: bool = False,
     ) -> "TtsEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the talker's and code predictor's linear layers in int8 (heads, embeddings and the
-        codec decoder stay float)."""
+        codec decoder stay float). cuda_graphs: frame streaming replays CUDA graphs of our step loop
+        (cuda_graphs.py; on CUDA only, with sdpa attention, which the captured steps need)."""
         from qwen_tts import Qwen3TTSModel
 
         from shared.devices import load_pretrained
 
+        graphs = cuda_graphs and str(device).startswith("cuda")
+        if cuda_graphs and not graphs:
+            _LOGGER.warning("--cuda-graphs needs a CUDA device; generating with the official loop on %s", device)
+        if graphs:
+            attention = "sdpa"
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
         if quantize == "int8":
@@ -62,6 +76,10 @@ class TtsEngine:
 
             talker = tts.model.talker
             quantize_int8([talker.model, talker.code_predictor.model], "the TTS talker and code predictor")
+        if graphs:
+            from .cuda_graphs import graphed_step_loop
+
+            return cls(tts, model_id, graphed_step_loop(tts))
         return cls(tts, model_id)
 
     def synthesize(
@@ -110,7 +128,12 @@ class TtsEngine:
 
         max_frames = max_frames_for(text)
         frames = generate_frames(
-            self.tts, self._official_call(text, voice, language, max_frames), on_frame, max_frames, should_stop
+            self.tts,
+            self._official_call(text, voice, language, max_frames),
+            on_frame,
+            max_frames,
+            should_stop,
+            self.step_loop,
         )
         if pending:
             emit(decoder.push(torch.stack(pending)))

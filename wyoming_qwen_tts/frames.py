@@ -4,8 +4,9 @@ Each step of the talker's HF `generate` samples codebook 0 of the next frame, an
 fills in the other 15 codebooks inside the *following* forward, whose output carries that frame's 16
 codes (`output.hidden_states[1]`). A forward hook on the talker therefore sees every frame the moment
 it exists, inside the unmodified official call, so the codes are the official ones by construction
-(greedy or sampled, any voice kind) and any upstream change is followed automatically. This is simpler
-than a hand-written step loop, which would have to copy generate's logits processors in their order.
+(greedy or sampled, any voice kind) and any upstream change is followed automatically. That is the
+default. `--cuda-graphs` instead stands our own loop in for `talker.generate` (step_loop.py): it copies
+generate's logits processors, tested against them, so that its fixed-shape steps can be captured.
 
 The wrapper's full decode of the utterance (`speech_tokenizer.decode`, whose audio we would throw
 away) never runs:
@@ -46,38 +47,55 @@ def generate_frames(
     on_frame: Callable[[torch.Tensor], None],
     max_frames: int,
     should_stop: Optional[Callable[[], bool]] = None,
+    step_loop=None,
 ) -> int:
     """Run `run_official()` (a `Qwen3TTSModel.generate_*` call with `max_new_tokens=max_frames + 1`)
     and pass each frame's 16 codes to `on_frame` as soon as they exist. Returns the number of frames.
-    The wrapper's final full decode is skipped, whether generation ends naturally or is cut short."""
+    The wrapper's final full decode is skipped, whether generation ends naturally or is cut short.
+    step_loop: a `step_loop.StepLoop` that stands in for `talker.generate` (same codes); None: the
+    official `generate`, watched by a forward hook."""
     eos = tts.model.config.talker_config.codec_eos_token_id
     count = 0
 
-    def hook(_module, _inputs, output):
+    def take(codes: torch.Tensor) -> None:
         nonlocal count
-        codes = output.hidden_states[1]
-        if codes is None:  # the prefill forward carries no frame
-            return
-        if int(codes[0, 0]) == eos:  # guard only: see the module docstring
+        if int(codes[0]) == eos:  # guard only: see the module docstring
             raise _Done
         heartbeat()
         if should_stop is not None and should_stop():
             raise GenerationStopped
-        on_frame(codes[0].detach())
+        on_frame(codes)
         count += 1
         if count >= max_frames:
             raise _Done
 
+    def hook(_module, _inputs, output):
+        codes = output.hidden_states[1]
+        if codes is not None:  # the prefill forward carries no frame
+            take(codes[0].detach())
+
+    def stepped_generate(**talker_kwargs):
+        for codes in step_loop.frames(**talker_kwargs):
+            take(codes)
+        raise _Done
+
+    talker = tts.model.talker
     speech_tokenizer = tts.model.speech_tokenizer
     own_decode = speech_tokenizer.__dict__.get("decode")  # an instance attribute to put back, if any
-    handle = tts.model.talker.register_forward_hook(hook)
+    if step_loop is None:
+        handle = talker.register_forward_hook(hook)
+    else:
+        talker.generate = stepped_generate
     speech_tokenizer.decode = _skip_decode
     try:
         run_official()
     except _Done:
         pass
     finally:
-        handle.remove()
+        if step_loop is None:
+            handle.remove()
+        else:
+            del talker.generate
         if own_decode is None:
             del speech_tokenizer.decode
         else:

@@ -45,6 +45,12 @@ def build_parser() -> EnvArgumentParser:
         help="Synthesize whole sentences instead of streaming each one frame by frame",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="Frame streaming on CUDA: generate with our step loop and replay it as CUDA graphs (experimental, "
+        "off until measured on a GPU; see the README). Ignored on a CPU",
+    )
+    parser.add_argument(
         "--no-streaming",
         action="store_true",
         help="Do not advertise streaming text input (synthesize-start/-chunk/-stop)",

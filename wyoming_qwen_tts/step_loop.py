@@ -1,0 +1,266 @@
+"""Our own frame loop over the talker and the 15-step code predictor, with static KV caches.
+
+It stands in for `talker.generate` only: the official wrapper still builds the prompt of every voice
+kind (preset speaker, cloned voice, designed voice) and calls `talker.generate(**talker_kwargs)`. Each
+frame is then two fixed-shape steps over static buffers, so on CUDA both can be captured as CUDA graphs
+and replayed (`cuda_graphs.py`):
+- `predict_codes`: codebook 0 and the talker's last hidden state in; the 15 code-predictor forwards with
+  their sampling, out come the frame's 16 codes and the sum of their embeddings;
+- `talker_step`: that sum (plus the frame's text embedding) in; one talker forward, out come the logits
+  of the next codebook 0 and the new hidden state.
+Both run the models' own forward (`code_predictor(...)`, `talker.model(...)`, `talker.codec_head`).
+
+The codes equal the official `generate`'s (greedy and seeded sampling; tests/test_step_loop.py):
+`TokenSampler` applies the logits processors that Hugging Face's `generate` builds from the talker's
+arguments, in the same order and with the same tensor operations, and draws a sample the way
+`torch.multinomial` draws one (an exponential race: argmax of probs / Exp(1) noise), so the random stream
+is consumed identically. Unlike `torch.multinomial`, that draw makes no host synchronisation, so sampling
+stays on the GPU; the only host read in a frame is the end-of-speech check.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sequence
+
+import torch
+from transformers.cache_utils import StaticCache
+
+CODE_PREDICTOR_POSITIONS = 16  # its prompt (talker hidden state, codebook 0) plus 14 steps
+
+
+class TokenSampler:
+    """Hugging Face `generate`'s choice of the next token for one sequence, for the arguments Qwen3-TTS
+    passes, without host synchronisation. Processors in HF's order: repetition penalty, minimum new
+    tokens, suppressed tokens; when sampling, temperature, top-k, top-p."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        device,
+        do_sample: bool,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        temperature: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        suppress_tokens: Optional[Sequence[int]] = None,
+        eos_token_id: Optional[int] = None,
+        min_new_tokens: Optional[int] = None,
+    ) -> None:
+        self.do_sample = bool(do_sample)
+        self.temperature = temperature if temperature not in (None, 1.0) else None
+        self.top_k = min(max(top_k, 1), vocab_size) if top_k else None
+        self.top_p = top_p if top_p is not None and top_p < 1.0 else None
+        self.penalty = repetition_penalty if repetition_penalty not in (None, 1.0) else None
+        self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device) if self.penalty else None
+        self.suppressed = _mask(vocab_size, suppress_tokens, device) if suppress_tokens else None
+        self.min_new_tokens = min_new_tokens or 0
+        self.eos = _mask(vocab_size, [eos_token_id], device) if eos_token_id is not None else None
+
+    def settings(self) -> tuple:
+        return (self.do_sample, self.temperature, self.top_k, self.top_p, self.penalty, self.min_new_tokens)
+
+    def __call__(self, logits: torch.Tensor, new_tokens: int = 0) -> torch.Tensor:
+        """logits: (1, vocab) float32; new_tokens: how many tokens this sequence has already generated.
+        Returns the chosen token, shape (1, 1)."""
+        scores = self.scores(logits, new_tokens)
+        if self.do_sample:
+            probs = torch.nn.functional.softmax(scores, dim=-1)
+            token = torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True)
+        else:
+            token = torch.argmax(scores, dim=-1, keepdim=True)
+        if self.seen is not None:
+            self.seen.scatter_(1, token, True)
+        return token
+
+    def scores(self, logits: torch.Tensor, new_tokens: int = 0) -> torch.Tensor:
+        """The logits after the processors, as HF's processor list leaves them."""
+        scores = logits
+        if self.penalty is not None:
+            penalized = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+            scores = torch.where(self.seen, penalized, scores)
+        if self.eos is not None and new_tokens < self.min_new_tokens:
+            scores = torch.where(self.eos, -math.inf, scores)
+        if self.suppressed is not None:
+            scores = torch.where(self.suppressed, -math.inf, scores)
+        if not self.do_sample:
+            return scores
+        if self.temperature is not None:
+            scores = scores / self.temperature
+        if self.top_k is not None:
+            scores = scores.masked_fill(scores < torch.topk(scores, self.top_k)[0][..., -1, None], -math.inf)
+        if self.top_p is not None:
+            sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+            remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - self.top_p)
+            remove[..., -1:] = 0
+            scores = scores.masked_fill(remove.scatter(1, sorted_indices, remove), -math.inf)
+        return scores
+
+
+def _mask(vocab_size: int, tokens: Sequence[int], device) -> torch.Tensor:
+    mask = torch.zeros(1, vocab_size, dtype=torch.bool, device=device)
+    mask[0, list(tokens)] = True
+    return mask
+
+
+class FrameSteps:
+    """The two steps of a frame over static buffers (see the module docstring). `capacity` is the talker
+    cache length: prompt plus frames."""
+
+    def __init__(self, talker, capacity: int) -> None:
+        self.talker = talker
+        self.predictor = talker.code_predictor
+        self.capacity = capacity
+        embedding = talker.get_input_embeddings().weight
+        device, dtype, hidden = embedding.device, embedding.dtype, embedding.shape[1]
+        self.talker_cache = StaticCache(config=talker.config, max_cache_len=capacity)
+        self.predictor_cache = StaticCache(config=self.predictor.config, max_cache_len=CODE_PREDICTOR_POSITIONS)
+        self.predictor_sampler: Optional[TokenSampler] = None
+        # inputs and outputs of predict_codes
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self.past_hidden = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+        self.codes = torch.zeros(1, talker.config.num_code_groups, dtype=torch.long, device=device)
+        self.codes_embedding = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+        # inputs and outputs of talker_step
+        self.step_embeds = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.rope_delta = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self.logits = torch.zeros(1, talker.config.vocab_size, dtype=torch.float32, device=device)
+
+    @torch.inference_mode()
+    def prefill(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed) -> torch.Tensor:
+        """The official talker forward over the prompt (it also sets the talker's rope deltas); returns the
+        logits of the first codebook 0 and leaves the hidden state in `past_hidden`."""
+        self.talker_cache.reset()
+        length = inputs_embeds.shape[1]
+        out = self.talker(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=self.talker_cache,
+            cache_position=torch.arange(length, device=inputs_embeds.device),
+            use_cache=True,
+            trailing_text_hidden=trailing_text_hidden,
+            tts_pad_embed=tts_pad_embed,
+        )
+        self.past_hidden.copy_(out.past_hidden)
+        self.rope_delta.copy_(self.talker.rope_deltas.reshape(1, 1))
+        return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def predict_codes(self) -> None:
+        """token, past_hidden -> codes, codes_embedding (the code predictor's 15 steps, as in the talker's
+        official forward)."""
+        predictor, sampler = self.predictor, self.predictor_sampler
+        self.predictor_cache.reset()
+        first = self.talker.get_input_embeddings()(self.token)
+        device = first.device
+        out = predictor(
+            inputs_embeds=torch.cat((self.past_hidden, first), dim=1),
+            past_key_values=self.predictor_cache,
+            cache_position=torch.arange(2, device=device),
+            use_cache=True,
+        )
+        codes = [sampler(out.logits[:, -1, :].to(copy=True, dtype=torch.float32))]
+        for step in range(1, self.talker.config.num_code_groups - 1):
+            out = predictor(
+                input_ids=codes[-1],
+                generation_steps=step,
+                past_key_values=self.predictor_cache,
+                cache_position=torch.arange(step + 1, step + 2, device=device),
+                use_cache=True,
+            )
+            codes.append(sampler(out.logits[:, -1, :].to(copy=True, dtype=torch.float32)))
+        embeddings = predictor.get_input_embeddings()
+        hiddens = torch.cat([first] + [embeddings[i](code) for i, code in enumerate(codes)], dim=1)
+        self.codes.copy_(torch.cat([self.token] + codes, dim=1))
+        self.codes_embedding.copy_(hiddens.sum(1, keepdim=True))
+
+    @torch.inference_mode()
+    def talker_step(self) -> None:
+        """step_embeds, position -> logits, past_hidden (one talker forward at `position`)."""
+        position_ids = (self.position + self.rope_delta).view(1, 1, 1).expand(3, 1, 1)
+        out = self.talker.model(
+            inputs_embeds=self.step_embeds,
+            position_ids=position_ids,
+            past_key_values=self.talker_cache,
+            cache_position=self.position,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state
+        self.logits.copy_(self.talker.codec_head(hidden)[:, -1, :])
+        self.past_hidden.copy_(hidden[:, -1:, :])
+
+
+class StepLoop:
+    """`talker.generate`'s frames, one at a time, from `FrameSteps` (eager, or replayed CUDA graphs)."""
+
+    def __init__(self, talker, steps: Optional[FrameSteps] = None, graphs=None) -> None:
+        """steps: kept across sentences, with a talker cache of fixed length (what CUDA graphs need); None
+        makes steps with a cache of the right length for each sentence. graphs: a `cuda_graphs.FrameGraphs`
+        over `steps`, or None."""
+        self.talker = talker
+        self.fixed = steps
+        self.graphs = graphs
+
+    def frames(
+        self,
+        inputs_embeds,
+        attention_mask,
+        trailing_text_hidden,
+        tts_pad_embed,
+        max_new_tokens,
+        eos_token_id,
+        do_sample=True,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+        repetition_penalty=None,
+        suppress_tokens=None,
+        min_new_tokens=None,
+        subtalker_dosample=True,
+        subtalker_top_k=None,
+        subtalker_top_p=None,
+        subtalker_temperature=None,
+        **_ignored,
+    ) -> Iterator[torch.Tensor]:
+        """Yields each frame's 16 codes (on the model's device) as the official `talker.generate` with these
+        arguments would produce them: at most `max_new_tokens - 1`, none after end-of-speech."""
+        if inputs_embeds.shape[0] != 1:
+            raise ValueError("the step loop generates one sequence at a time")
+        config = self.talker.config
+        device = inputs_embeds.device
+        length = inputs_embeds.shape[1]
+        steps, graphs = self.fixed, self.graphs
+        if steps is None or length + max_new_tokens > steps.capacity:
+            steps, graphs = FrameSteps(self.talker, length + max_new_tokens), None
+        sampler = TokenSampler(
+            config.vocab_size, device, do_sample, top_k, top_p, temperature, repetition_penalty,
+            suppress_tokens, eos_token_id, min_new_tokens,
+        )  # fmt: skip
+        steps.predictor_sampler = TokenSampler(
+            config.code_predictor_config.vocab_size, device, subtalker_dosample,
+            subtalker_top_k, subtalker_top_p, subtalker_temperature,
+        )  # fmt: skip
+        if graphs is not None and not graphs.usable_with(steps.predictor_sampler):
+            graphs = None
+        if graphs is not None:
+            steps.predictor_sampler = graphs.sampler  # the one whose buffers the graph reads
+        predict_codes = graphs.predict_codes if graphs is not None else steps.predict_codes
+        talker_step = graphs.talker_step if graphs is not None else steps.talker_step
+
+        token = sampler(steps.prefill(inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed))
+        text_frames = trailing_text_hidden.shape[1]
+        for index in range(max_new_tokens - 1):
+            if int(token) == eos_token_id:  # the one host read of a frame
+                return
+            steps.token.copy_(token)
+            predict_codes()
+            yield steps.codes[0].clone()
+            if index == max_new_tokens - 2:  # the official loop would sample one more token and drop it
+                return
+            text = trailing_text_hidden[:, index].unsqueeze(1) if index < text_frames else tts_pad_embed
+            with torch.inference_mode():
+                steps.step_embeds.copy_(steps.codes_embedding + text)
+                steps.position.fill_(length + index)
+            talker_step()
+            token = sampler(steps.logits, new_tokens=index + 1)
