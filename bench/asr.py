@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
 from official import official_transcribe  # noqa: E402
-from wyoming_helpers import read_until, send_audio, speechlike, start_server  # noqa: E402
+from wyoming_helpers import read_until, scratch_dir, send_audio, speechlike, start_server  # noqa: E402
 
 TARGET_RATIO = 0.5
 
@@ -41,7 +40,7 @@ async def run(args) -> int:
     from wyoming_qwen_asr.app import create_app
     from wyoming_qwen_asr.options import parse_args
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-asr-"))
+    workdir = scratch_dir("bench-asr-")
     checkpoint = args.checkpoint
     if checkpoint is None:
         started = time.monotonic()

@@ -22,7 +22,6 @@ import math
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import children, read_until, send_audio, speechlike, tts_args  # noqa: E402
+from wyoming_helpers import children, read_until, scratch_dir, send_audio, speechlike, tts_args  # noqa: E402
 
 SENTENCE = "The lights in the kitchen are off now, and the front door is locked for the night."
 
@@ -150,7 +149,7 @@ async def measure(shape, dtype, device, workdir):
 
 
 async def run(args) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    workdir = scratch_dir("gpu-check-")
     rows = []
     for shape in args.shapes:
         for dtype in args.dtypes:

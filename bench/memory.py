@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import children, read_until, rss_kib, send_audio, speechlike, wait_until_listening  # noqa: E402
+from wyoming_helpers import children, read_until, rss_kib, scratch_dir, send_audio, speechlike, wait_until_listening  # noqa: E402
 
 GATEWAY_TARGET_MIB = 40
 
@@ -111,7 +110,7 @@ async def measure(name, module, args, request, workdir):
 
 
 async def run(args) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    workdir = scratch_dir("bench-memory-")
     print(
         f"checkpoints: random, shape '{args.shape}' (ASR {tiny_models.ASR_SHAPES[args.shape]}, "
         f"TTS {tiny_models.TTS_SHAPES[args.shape]})"

@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import speechlike  # noqa: E402
+from wyoming_helpers import scratch_dir, speechlike  # noqa: E402
 
 TARGET_RATIO = 0.35
 LOGIT_STEPS = 300
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     print(
         f"CPU cores available to this process: {len(os.sched_getaffinity(0))}; torch threads: {torch.get_num_threads()}"
     )
-    workdir = Path(tempfile.mkdtemp(prefix="bench-quantize-"))
+    workdir = scratch_dir("bench-quantize-")
     started = time.monotonic()
     asr_dir = tiny_models.build_asr(workdir / "asr", shape=args.shape)
     tts_dir = tiny_models.build_tts(workdir / "tts", shape=args.shape)

@@ -1,4 +1,4 @@
-"""Which int8 kernel: the candidates side by side on a stack of MLP blocks at the 0.6B widths.
+"""Which int8 kernel: the candidates side by side on a stack of Qwen3 MLP blocks at the 0.6B widths.
 
 Prints, for 1 row (one decode step) and 100 rows (a prefill), each candidate's time as a ratio to
 float32 and its relative error. `shared/quantize.py` uses the `_int_mm` one; its docstring says why.
@@ -23,17 +23,20 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from shared.quantize import Int8Linear  # noqa: E402
+from shared.quantize import Int8Linear, quantize_int8  # noqa: E402
 
 
 class Block(nn.Module):
+    """A Qwen3 MLP (its names, so `quantize_int8` fuses gate_proj and up_proj as in the models)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.up = nn.Linear(1024, 3072, bias=False)
-        self.down = nn.Linear(3072, 1024, bias=False)
+        self.gate_proj = nn.Linear(1024, 3072, bias=False)
+        self.up_proj = nn.Linear(1024, 3072, bias=False)
+        self.down_proj = nn.Linear(3072, 1024, bias=False)
 
     def forward(self, x):
-        return x + self.down(nn.functional.silu(self.up(x)))
+        return x + self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class WeightOnlyInt8(nn.Module):
@@ -48,6 +51,12 @@ class WeightOnlyInt8(nn.Module):
     def forward(self, x):
         out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scale)
         return out.reshape(*x.shape[:-1], -1)
+
+
+def ours(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model)
+    quantize_int8([model], "the MLP blocks")
+    return model
 
 
 def replaced(model: nn.Module, layer) -> nn.Module:
@@ -78,7 +87,8 @@ def main(argv=None) -> int:
     model = nn.Sequential(*[Block() for _ in range(args.blocks)]).eval()
     candidates = {
         "float32": model,
-        "torch._int_mm, per-token activations (ours)": replaced(model, Int8Linear),
+        "torch._int_mm, per-token activations, unfused": replaced(model, Int8Linear),
+        "torch._int_mm, gate/up fused (ours)": ours(model),
         "aten._weight_int8pack_mm (weight-only)": replaced(model, WeightOnlyInt8),
         "torch.ao quantize_dynamic (deprecated)": torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8
@@ -90,7 +100,7 @@ def main(argv=None) -> int:
         torchao_model = copy.deepcopy(model)
         quantize_(torchao_model, Int8DynamicActivationInt8WeightConfig())
         candidates["torchao int8 dynamic (eager)"] = torchao_model
-    print(f"{args.blocks} MLP blocks 1024 -> 3072 -> 1024, torch threads {torch.get_num_threads()}")
+    print(f"{args.blocks} MLP blocks 1024 -> 2 x 3072 -> 1024, torch threads {torch.get_num_threads()}")
     for rows in (1, 100):
         x = torch.randn(1, rows, 1024)
         base = seconds(model, x, args.repeats)

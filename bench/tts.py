@@ -17,7 +17,6 @@ import asyncio
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
-from wyoming_helpers import start_server  # noqa: E402
+from wyoming_helpers import scratch_dir, start_server  # noqa: E402
 
 TEXT = (
     "The lights in the kitchen are off now. The front door is locked for the night. "
@@ -43,7 +42,7 @@ async def run(args) -> int:
     from wyoming_qwen_tts.app import create_app
     from wyoming_qwen_tts.options import parse_args
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-tts-"))
+    workdir = scratch_dir("bench-tts-")
     started = time.monotonic()
     checkpoint = tiny_models.build_tts(workdir / "custom-voice", shape=args.shape)
     print(

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import read_until, start_server  # noqa: E402
+from wyoming_helpers import read_until, scratch_dir, start_server  # noqa: E402
 
 SENTENCE = (
     "Tomorrow morning the weather will be cloudy with a little rain in the north, temperatures "
@@ -48,7 +47,7 @@ async def run(args) -> int:
     engine_module.FRAMES_PER_CHAR = engine_module.FRAMES_PER_WIDE_CHAR = args.frames_per_char
     engine_module.FRAME_MARGIN = 0
     frames = engine_module.max_frames_for(SENTENCE)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-tts-frames-"))
+    workdir = scratch_dir("bench-tts-frames-")
     started = time.monotonic()
     checkpoint = tiny_models.build_tts(workdir / "custom-voice", shape=args.shape)
     print(

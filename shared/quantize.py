@@ -4,24 +4,31 @@ Each `nn.Linear` inside the given decoders is replaced by `Int8Linear`: symmetri
 scale per output channel, and activations quantized per token on the fly (symmetric int8, one scale per
 row), multiplied with `torch._int_mm` (int8 x int8 -> int32), then rescaled. Rounding is deterministic,
 so the same checkpoint always gives the same int8 model and streaming stays exact within a mode.
-Embeddings, output heads, the audio encoder and the codec decoder stay in floating point.
+Siblings that read the same input (q/k/v, gate/up) share one quantization and one product, with
+bitwise the same outputs. Embeddings, the audio encoder and the codec decoder stay in floating point,
+and so do the TTS heads (small). The ASR output head is int8 too: at 151,936 x 1,024 it cost more per
+decode step than all 28 int8 layers together, and quantizing it moved the logit error of
+`script/bench quantize` from 4.79% to 4.92% while the int8 ASR time fell from 2.53 s to 1.73 s.
 
-Why not the others (`script/bench quantize-kernels`: 8 MLP blocks at the 0.6B widths on 2 cores,
+Why not the others (`script/bench quantize-kernels`: 8 Qwen3 MLP blocks at the 0.6B widths on 2 cores,
 time against float32 for one token / 100 tokens; the end-to-end figures of `script/bench quantize`
 are in the README):
-- `torch.ao.quantization.quantize_dynamic` (fbgemm): 0.13 / 0.17, but it and the quantized tensor
-  types it needs are deprecated and will be removed from PyTorch;
+- `torch.ao.quantization.quantize_dynamic` (fbgemm): 0.13-0.14 / 0.16-0.17, but it and the quantized
+  tensor types it needs are deprecated and will be removed from PyTorch;
 - torchao's int8 dynamic-activation config: 1.45 / 0.39 in eager mode, and once installed,
   transformers imports it in every process (seconds of start-up, log noise);
-- int8 weight-only (`_weight_int8pack_mm`): 2.0 / 28, slower than float32 on these CPUs;
-- this: 0.32 / 0.16, relative error 0.85%.
+- int8 weight-only (`_weight_int8pack_mm`): 1.6-1.9 / 28, slower than float32 on these CPUs;
+- this: 0.18-0.22 / 0.17, relative error 0.78%.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
-from typing import Iterable
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +36,9 @@ from torch import nn
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("auto", "none", "int8")
+
+# Projections that the Qwen3 decoder layers always call one after another on the same input.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def resolve_quantize(mode: str, device: str) -> str:
@@ -38,44 +48,196 @@ def resolve_quantize(mode: str, device: str) -> str:
     return mode
 
 
+def int8_product(rows: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize float `rows` per row and multiply with the int8 `weight` (out x in): int32 product, row scales."""
+    row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+    quantized = torch.round(rows / row_scale).to(torch.int8)
+    count = quantized.shape[0]
+    if quantized.is_cuda and count <= 16:  # the CUDA kernel wants more than 16 rows
+        quantized = torch.cat([quantized, quantized.new_zeros(17 - count, quantized.shape[1])])
+    # `weight.t()`, not a transposed copy: for one row the CPU kernel is then 1.4x faster on weights read
+    # from memory, 3-4x on weights in cache; from 2 rows on the two layouts are about even
+    return torch._int_mm(quantized, weight.t())[:count], row_scale
+
+
 class Int8Linear(nn.Module):
     """A linear layer with per-output-channel int8 weights and per-token int8 activations."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, stored: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
+        """stored: (int8 weight, scales) from the cache, so the float weight is never read; else computed."""
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.register_buffer("weight_int8_t", quantized.t().contiguous())  # in x out, as _int_mm takes it
+        if stored is None:
+            weight = linear.weight.detach().float()
+            scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        else:
+            quantized, scale = stored
+        self.register_buffer("weight_int8", quantized)  # out x in, like nn.Linear
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.siblings: Optional[Siblings] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        quantized = torch.round(rows / row_scale).to(torch.int8)
-        count = quantized.shape[0]
-        if quantized.is_cuda and count <= 16:  # the CUDA kernel wants more than 16 rows
-            quantized = torch.cat([quantized, quantized.new_zeros(17 - count, self.in_features)])
-        out = torch._int_mm(quantized, self.weight_int8_t)[:count].float() * row_scale * self.weight_scale
+        if self.siblings is None:
+            product, row_scale = int8_product(rows, self.weight_int8)
+        else:
+            product, row_scale = self.siblings.product(self, x, rows)
+        out = product * (row_scale * self.weight_scale)
         if self.bias is not None:
             out = out + self.bias.float()
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        fused = "" if self.siblings is None else ", fused with its siblings"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}"
 
 
-def quantize_int8(decoders: Iterable[nn.Module], what: str) -> int:
-    """Replace every nn.Linear inside `decoders` by an Int8Linear; returns how many were replaced."""
+class Siblings:
+    """Int8 layers that read the same input (q/k/v, gate/up): one quantization and one product for all.
+
+    Their weights become row blocks of one int8 matrix. The first layer computes the whole product and the
+    others take their columns of it when their input is the same tensor (on any other input they compute
+    it anew); each output channel is its own dot product, so the outputs are bitwise those of separate
+    layers. Each layer still applies its own scales and bias. The matrix is no buffer: quantize after
+    moving the model to its device.
+    """
+
+    def __init__(self, layers: list[Int8Linear]) -> None:
+        self.layers = layers
+        self.weight = torch.cat([layer.weight_int8 for layer in layers])
+        self.columns: dict[Int8Linear, slice] = {}
+        start = 0
+        for layer in layers:
+            self.columns[layer] = slice(start, start + layer.out_features)
+            layer.weight_int8 = self.weight[self.columns[layer]]  # a view: the weights are stored once
+            layer.siblings = self
+            start += layer.out_features
+        self._input = self._product = self._row_scale = None
+
+    def product(self, layer: Int8Linear, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the first layer always recomputes, so an input changed in place between two passes is never stale
+        if layer is self.layers[0] or x is not self._input:
+            self._product, self._row_scale = int8_product(rows, self.weight)
+            self._input = x
+        product, row_scale = self._product[:, self.columns[layer]], self._row_scale
+        if layer is self.layers[-1]:
+            self._input = self._product = self._row_scale = None  # hold no activations between passes
+        return product, row_scale
+
+
+def fuse_siblings(parent: nn.Module) -> int:
+    """Fuse each set of SIBLINGS among `parent`'s Int8Linear children; returns how many sets."""
+    fused = 0
+    for names in SIBLINGS:
+        layers = [getattr(parent, name, None) for name in names]
+        if all(isinstance(layer, Int8Linear) and layer.siblings is None for layer in layers):
+            if len({layer.in_features for layer in layers}) == 1:
+                Siblings(layers)
+                fused += 1
+    return fused
+
+
+def quantize_int8(
+    decoders: Iterable[nn.Module],
+    what: str,
+    heads: Iterable[Tuple[nn.Module, str]] = (),
+    cache: Optional[Path] = None,
+) -> int:
+    """Replace every nn.Linear inside `decoders`, and each `(parent, name)` head, by an Int8Linear and fuse
+    the siblings; returns how many layers were replaced. cache: a safetensors file (`cache_file`) that
+    holds the int8 weights: read when it fits, else written for the next start."""
     started = time.monotonic()
-    count = 0
-    for decoder in decoders:
-        for parent in list(decoder.modules()):
-            for name, child in list(parent.named_children()):
+    decoders = list(decoders)
+    targets = _targets(decoders, heads)
+    stored = _read_cache(cache, targets)
+    for key, parent, name, linear in targets:
+        layer = Int8Linear(linear, None if stored is None else (stored[f"{key}.int8"], stored[f"{key}.scale"]))
+        setattr(parent, name, layer)
+    if cache is not None and stored is None:
+        _write_cache(cache, {key: getattr(parent, name) for key, parent, name, _ in targets})
+    fused = sum(fuse_siblings(parent) for decoder in decoders for parent in decoder.modules())
+    _LOGGER.info(
+        "Quantized %d linear layers of %s to int8 (%d sets of siblings fused%s) in %.2f s",
+        len(targets),
+        what,
+        fused,
+        "" if cache is None else (", read from the cache" if stored is not None else ", cache written"),
+        time.monotonic() - started,
+    )
+    return len(targets)
+
+
+def _targets(decoders: List[nn.Module], heads: Iterable[Tuple[nn.Module, str]]) -> list:
+    """(stable key, parent, attribute name, nn.Linear) for every layer to quantize."""
+    targets = [(f"head{index}", parent, name, getattr(parent, name)) for index, (parent, name) in enumerate(heads)]
+    for index, decoder in enumerate(decoders):
+        for path, parent in decoder.named_modules():
+            for name, child in parent.named_children():
                 if type(child) is nn.Linear:
-                    setattr(parent, name, Int8Linear(child))
-                    count += 1
-    _LOGGER.info("Quantized %d linear layers of %s to int8 in %.2f s", count, what, time.monotonic() - started)
-    return count
+                    targets.append((f"{index}.{path}.{name}".replace("..", "."), parent, name, child))
+    return targets
+
+
+# -- the cache of int8 weights (a cold start reads a quarter of the bytes and computes nothing) ----------
+
+CACHE_FORMAT = "1"  # part of the key: a change in how weights are quantized makes old files unusable
+
+
+def cache_file(model_dir: Path) -> Optional[Path]:
+    """Where the int8 weights of the model in `model_dir` are cached, keyed by its revision and its weight
+    files' names, sizes and times. A downloaded model's go in its repository folder of the Hugging Face
+    cache (`int8-<revision>-<key>.safetensors`; `huggingface-cli delete-cache` removes them with the
+    model); a local folder's go beside it. None when that place cannot be written."""
+    model_dir = Path(model_dir)
+    if model_dir.parent.name == "snapshots":  # <data dir>/models--Qwen--X/snapshots/<revision>
+        folder, stem = model_dir.parent.parent, f"int8-{model_dir.name}"
+    else:
+        folder, stem = model_dir.parent, f"{model_dir.name}.int8"
+    if not os.access(folder, os.W_OK):
+        return None
+    fingerprint = hashlib.sha256(CACHE_FORMAT.encode())
+    for path in sorted(model_dir.glob("*.safetensors")):
+        stat = path.stat()  # follows the hub cache's symlinks to the blobs
+        fingerprint.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return folder / f"{stem}-{fingerprint.hexdigest()[:16]}.safetensors"
+
+
+def _read_cache(cache: Optional[Path], targets: list) -> Optional[Dict[str, torch.Tensor]]:
+    if cache is None or not cache.exists():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        stored = load_file(str(cache))
+        for key, _, _, linear in targets:
+            weight, scale = stored[f"{key}.int8"], stored[f"{key}.scale"]
+            if weight.shape != linear.weight.shape or scale.shape != (linear.out_features,):
+                raise ValueError(f"{key} has shape {tuple(weight.shape)}")
+    except Exception as err:  # a bad cache costs a recomputation, never the load
+        _LOGGER.warning("Ignoring the int8 cache %s (%s); quantizing again", cache, err)
+        return None
+    return stored
+
+
+def _write_cache(cache: Path, layers: Dict[str, Int8Linear]) -> None:
+    """Atomically (temporary file, then rename); old files of the same model are removed."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for key, layer in layers.items():
+        tensors[f"{key}.int8"] = layer.weight_int8.contiguous()
+        tensors[f"{key}.scale"] = layer.weight_scale.contiguous()
+    temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(temporary))
+        os.replace(temporary, cache)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        _LOGGER.warning("Could not write the int8 cache %s: %s", cache, err)
+        return
+    stem = cache.name.rsplit("-", 1)[0]  # the fingerprint has no dash
+    for old in cache.parent.glob(f"{stem}-*.safetensors"):
+        if old != cache:
+            old.unlink(missing_ok=True)

@@ -15,6 +15,8 @@ one at more than 5x the bound.
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from shared.quantize import Int8Linear, quantize_int8, resolve_quantize
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import quantize as bench_quantize
+import quantize_kernels
 
 BOUND = 0.02
 
@@ -56,12 +59,12 @@ def test_auto_means_int8_on_a_cpu_and_none_on_cuda():
     assert resolve_quantize("none", "cpu") == "none" and resolve_quantize("int8", "cuda:0") == "int8"
 
 
-def test_only_the_asr_language_model_is_quantized(asr_engines):
+def test_only_the_asr_language_model_and_its_head_are_quantized(asr_engines):
     float_model, int8_model = asr_engines["none"].model.thinker, asr_engines["int8"].model.thinker
     assert int8_layers(float_model) == 0
     linears = sum(type(m) is nn.Linear for m in float_model.model.modules())
     assert int8_layers(int8_model.model) == linears > 0
-    assert int8_layers(int8_model.audio_tower) == 0 and type(int8_model.lm_head) is nn.Linear
+    assert int8_layers(int8_model.audio_tower) == 0 and type(int8_model.lm_head) is Int8Linear
     assert type(int8_model.model.embed_tokens) is nn.Embedding
 
 
@@ -112,3 +115,101 @@ def test_quantize_int8_replaces_only_plain_linear_layers():
     assert quantize_int8([model], "a test model") == 2
     assert isinstance(model[0], Int8Linear) and isinstance(model[2][0], Int8Linear)
     assert type(model[1]) is nn.Embedding
+
+
+def quantized_separately(decoder: nn.Module) -> nn.Module:
+    """Every nn.Linear replaced by its own Int8Linear, no siblings fused: the reference for the fusion."""
+    return quantize_kernels.replaced(decoder, Int8Linear)
+
+
+def test_fused_siblings_give_bitwise_the_outputs_of_separate_layers_with_fewer_products(asr_engines, monkeypatch):
+    decoder = asr_engines["none"].model.thinker.model
+    separate, fused = quantized_separately(decoder), copy.deepcopy(decoder)
+    quantize_int8([fused], "a copy of the ASR language model")
+    layers = len(decoder.layers)
+    assert sum(layer.siblings is not None for layer in fused.modules() if isinstance(layer, Int8Linear)) == 5 * layers
+
+    products = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: products.append(a.shape[0]) or int_mm(a, b))
+    ids = torch.randint(0, decoder.embed_tokens.num_embeddings, (1, 12), generator=torch.Generator().manual_seed(0))
+    outputs = []
+    with torch.inference_mode():
+        for model in (separate, fused):
+            products.clear()
+            prefill = model(input_ids=ids[:, :8], use_cache=True)
+            cache, steps = prefill.past_key_values, [prefill.last_hidden_state]
+            for position in range(8, 12):  # decode steps, one row each
+                step = model(input_ids=ids[:, position : position + 1], past_key_values=cache, use_cache=True)
+                cache = step.past_key_values
+                steps.append(step.last_hidden_state)
+            outputs.append(torch.cat(steps, dim=1))
+            calls = len(products)
+            assert calls == (7 if model is separate else 4) * layers * 5  # q/k/v and gate/up: one product each
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_a_sibling_called_on_another_input_computes_its_own_product():
+    torch.manual_seed(0)
+    parent = nn.Module()
+    parent.gate_proj, parent.up_proj = nn.Linear(32, 48, bias=False), nn.Linear(32, 48, bias=True)
+    reference = {name: Int8Linear(getattr(parent, name)) for name in ("gate_proj", "up_proj")}
+    quantize_int8([parent], "two siblings")
+    assert parent.gate_proj.siblings is parent.up_proj.siblings is not None
+    x, y = torch.randn(3, 32), torch.randn(3, 32)
+    with torch.inference_mode():
+        assert torch.equal(parent.gate_proj(x), reference["gate_proj"](x))
+        assert torch.equal(parent.up_proj(y), reference["up_proj"](y))  # not the cached product of x
+        assert torch.equal(parent.up_proj(x), reference["up_proj"](x))  # the second sibling called first
+        assert torch.equal(parent.gate_proj(x), reference["gate_proj"](x))
+
+
+def test_int8_weights_are_cached_and_read_back_without_quantizing_again(tiny_dir, tmp_path, monkeypatch):
+    """The first load writes the int8 weights beside the model (safetensors); the next one reads them and
+    computes nothing (quantizing would raise here), with bitwise the same logits. A changed checkpoint or a
+    damaged file gets a fresh quantization, and the old file is replaced."""
+    import shutil
+
+    from shared import quantize
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    model_dir = tmp_path / "asr"
+    shutil.copytree(tiny_dir / "asr", model_dir)
+    first = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    (cached,) = tmp_path.glob("asr.int8-*.safetensors")
+    assert cached == quantize.cache_file(model_dir)
+
+    original_init = Int8Linear.__init__
+
+    def no_quantizing(self, linear, stored=None):
+        assert stored is not None, "quantized again although the cache fits"
+        original_init(self, linear, stored)
+
+    monkeypatch.setattr(Int8Linear, "__init__", no_quantizing)
+    second = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    monkeypatch.setattr(Int8Linear, "__init__", original_init)
+    assert bench_quantize.asr_logit_error(first, second) == 0.0
+
+    cached.write_bytes(b"not safetensors")
+    third = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    assert bench_quantize.asr_logit_error(first, third) == 0.0
+    (weights,) = model_dir.glob("*.safetensors")
+    os.utime(weights, ns=(1, 1))  # the checkpoint changed
+    AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    (replaced,) = tmp_path.glob("asr.int8-*.safetensors")
+    assert replaced != cached
+
+
+def test_a_downloaded_model_caches_in_its_hub_repository_folder(tmp_path):
+    from shared.quantize import cache_file
+
+    snapshot = tmp_path / "models--Qwen--Qwen3-ASR-0.6B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    path = cache_file(snapshot)
+    assert path.parent == tmp_path / "models--Qwen--Qwen3-ASR-0.6B" and path.name.startswith("int8-abc123-")
+    (tmp_path / "models--Qwen--Qwen3-ASR-0.6B").chmod(0o555)
+    try:
+        assert os.geteuid() == 0 or cache_file(snapshot) is None  # root may write anywhere
+    finally:
+        (tmp_path / "models--Qwen--Qwen3-ASR-0.6B").chmod(0o755)

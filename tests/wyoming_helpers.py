@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -60,6 +63,14 @@ def tts_args(tiny_dir, voices_dir, *extra) -> List[str]:
     models = {"--model": "tts-custom-voice", "--clone-model": "tts-base", "--design-model": "tts-voice-design"}
     options = [part for flag, name in models.items() for part in (flag, str(tiny_dir / name))]
     return [*options, "--voices-dir", str(voices_dir), *extra]
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder for a benchmark's checkpoints and logs, removed when the process exits: a
+    real-shape checkpoint takes gigabytes, and a disk full of old ones fails the next run."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 # -- server processes (tests and benchmarks) ----------------------------------------------------------

@@ -47,7 +47,8 @@ class AsrEngine:
         cls, path: Path, device: str, dtype, attention: Optional[str] = None, quantize: str = "none"
     ) -> "AsrEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
-        quantize "int8": the language model's linear layers in int8 (the audio encoder and head stay float)."""
+        quantize "int8": the language model's linear layers and its output head in int8 (the audio encoder
+        and the embeddings stay float; see shared/quantize.py)."""
         from qwen_asr import Qwen3ASRModel
 
         from shared.devices import load_pretrained
@@ -57,9 +58,11 @@ class AsrEngine:
         )
         _LOGGER.info("Qwen3-ASR %s", loaded)
         if quantize == "int8":
-            from shared.quantize import quantize_int8
+            from shared.quantize import cache_file, quantize_int8
 
-            quantize_int8([asr.model.thinker.model], "the ASR language model")
+            thinker = asr.model.thinker
+            what = "the ASR language model and its head"
+            quantize_int8([thinker.model], what, heads=[(thinker, "lm_head")], cache=cache_file(path))
         return cls(asr)
 
     # -- prompts --------------------------------------------------------------------------------

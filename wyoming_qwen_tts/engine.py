@@ -72,10 +72,11 @@ class TtsEngine:
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
         if quantize == "int8":
-            from shared.quantize import quantize_int8
+            from shared.quantize import cache_file, quantize_int8
 
             talker = tts.model.talker
-            quantize_int8([talker.model, talker.code_predictor.model], "the TTS talker and code predictor")
+            what = "the TTS talker and code predictor"
+            quantize_int8([talker.model, talker.code_predictor.model], what, cache=cache_file(path))
         if graphs:
             from .cuda_graphs import graphed_step_loop
 
