@@ -136,6 +136,13 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         help="Keep at most this many models loaded; the least recently used goes first (0: no limit)",
     )
     parser.add_argument(
+        "--spare-worker",
+        action="store_true",
+        help="Keep a worker process that has done its imports but holds no model, at start-up and after each "
+        "idle stop, so that a cold request waits only for the model load (costs that process's memory, "
+        "several hundred MiB; see the README's cold-start table)",
+    )
+    parser.add_argument(
         "--no-gateway",
         action="store_true",
         help="Serve in this process (no worker process; memory is not handed back when idle). For debugging",

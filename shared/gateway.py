@@ -3,7 +3,9 @@
 It owns the listener and answers `describe` itself, so discovery and Home Assistant's 1-second
 describe never wait on a model. On a connection's first other event it makes sure a worker runs, then
 relays events both ways unchanged. With no relayed connection for `--idle-unload` seconds it stops
-the worker, which hands back every byte the model, torch and CUDA held.
+the worker, which hands back every byte the model, torch and CUDA held. A `warm-up` event
+(shared/warm_up.py) starts the worker before a request comes; with `--spare-worker` a fresh worker,
+its imports done and no model loaded, waits from start-up and after each idle stop.
 
 The relay knows no protocol of its own. Each server kind gives it a `ReplyTracker` that says, from the
 event types passing by, when the client waits for the worker's answer and when that answer is complete;
@@ -29,6 +31,7 @@ from .background import BackgroundTasks
 from .connection import WRITE_TIMEOUT, Connection
 from .handler import HEALTH_PROBE
 from .supervisor import WorkerSupervisor, WorkerUnavailable
+from .warm_up import PeerWarmer, WarmUp
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,13 +67,18 @@ class Gateway:
         request_timeout: float,
         new_tracker: Callable[[], ReplyTracker] = ReplyTracker,
         write_timeout: float = WRITE_TIMEOUT,
+        peer_warmer: Optional[PeerWarmer] = None,
+        spare_worker: bool = False,
     ) -> None:
         self.supervisor = supervisor
+        self.peer_warmer = peer_warmer  # `--warm-peer`: told of the client events that pass
         self.describe = describe
         self.new_tracker = new_tracker
         self.idle_unload = idle_unload
         self.request_timeout = request_timeout
         self.write_timeout = write_timeout
+        self.spare_worker = spare_worker
+        self._worker_used = False  # since it started; an unused worker is a spare and holds no model
         self._users = 0  # connections relayed to the worker, or waiting for it to start
         self._idle_timer: Optional[asyncio.TimerHandle] = None
         self._last_use_end = time.monotonic()
@@ -83,6 +91,7 @@ class Gateway:
 
     def user_arrived(self) -> None:
         self._users += 1
+        self._worker_used = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -95,6 +104,7 @@ class Gateway:
 
     async def preload(self) -> None:
         """`--preload`: start the worker now; it is stopped when idle like any other."""
+        self._worker_used = True  # its worker loads the model
         try:
             await self.supervisor.start()
         except WorkerUnavailable as err:
@@ -103,6 +113,28 @@ class Gateway:
         if self._users == 0:
             self._last_use_end = time.monotonic()
             self._arm_idle_timer()
+
+    def warm_up(self) -> None:
+        """A `warm-up` event: start the worker and have it load its default model, in the background; the
+        idle countdown starts again, as after a request."""
+        self._last_use_end = time.monotonic()
+        self._worker_used = True
+        if self._users == 0:
+            self._arm_idle_timer()
+        self._tasks.spawn(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        try:
+            _, writer = await self.supervisor.connect()
+        except (WorkerUnavailable, OSError) as err:
+            _LOGGER.warning("Warm-up failed: %s", err)
+            return
+        try:
+            await async_write_event(WarmUp().event(), writer)
+        except (ConnectionError, OSError):
+            pass  # the worker went away; the next request starts a new one
+        finally:
+            writer.close()
 
     def _arm_idle_timer(self) -> None:
         if self.idle_unload < 0:
@@ -115,10 +147,27 @@ class Gateway:
     async def _stop_if_idle(self) -> None:
         self._idle_timer = None
         if self._users == 0 and self.supervisor.running:
+            if self.spare_worker and not self._worker_used:
+                return  # the spare: it holds no model
             idle = time.monotonic() - self._last_use_end
             await self.supervisor.stop(
                 f"no connection for {idle:.1f} s (--idle-unload {self.idle_unload:g}); handing back its memory"
             )
+            if self.spare_worker and self._users == 0:
+                self.start_spare()
+
+    def start_spare(self) -> None:
+        """`--spare-worker`: a fresh worker that imports and listens, and loads a model only when asked."""
+        self._worker_used = False
+        self._tasks.spawn(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        try:
+            await self.supervisor.start()
+        except WorkerUnavailable as err:
+            _LOGGER.warning("Could not start a spare worker: %s", err)
+            return
+        _LOGGER.info("Spare worker pid %s ready (no model loaded)", self.supervisor.pid)
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -186,6 +235,9 @@ class GatewayHandler(Connection):
             if Ping.is_type(event.type):  # alive is all a ping asks; it starts no worker
                 await self.write_event(Pong(text=Ping.from_event(event).text).event())
                 return True
+            if WarmUp.is_type(event.type):
+                self.gateway.warm_up()
+                return True
             try:
                 await self._open_relay()
             except (WorkerUnavailable, OSError) as err:
@@ -193,6 +245,8 @@ class GatewayHandler(Connection):
                 await self._give_up(str(err), "worker-unavailable")
                 return False
         self._last_client_event = time.monotonic()
+        if self.gateway.peer_warmer is not None:
+            self.gateway.peer_warmer.saw(event.type)
         if self._replies.client_sent(event.type):
             self._waiting_since = time.monotonic()
         try:

@@ -18,6 +18,7 @@ from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
 
 from .connection import Connection
+from .warm_up import WarmUp
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class ServerEventHandler(Connection):
             await self.write_event(self.app.describe())
         elif Ping.is_type(event.type):
             await self._pong(event)
+        elif WarmUp.is_type(event.type):
+            self.app.manager.preload_in_background(self.app.preload_key, warm=True)
         else:
             await self._dispatch(event)
         return True

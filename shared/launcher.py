@@ -16,10 +16,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, Optional, Sequence
 
 from wyoming.event import Event
 
+from . import lean_imports
 from .cli import setup_logging
 from .zeroconf_advertiser import advertiser_from_args
 
@@ -40,6 +41,7 @@ class ServerKind:
     describer: Callable[[argparse.Namespace], Callable[[], Event]]  # torch-free: the gateway uses it
     create_app: Callable[[argparse.Namespace], "ServedApp"]  # loads no model
     reply_tracker: Callable[[], "ReplyTracker"]  # the gateway's view of this protocol
+    warms_peers_on: FrozenSet[str] = frozenset()  # client events that send `warm-up` to each --warm-peer
 
     @property
     def name(self) -> str:
@@ -86,6 +88,7 @@ async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
     if args.worker_of is not None:
         parent_watch = asyncio.create_task(_exit_with_parent(args.worker_of))
     # before listening: imported by the first connection instead, they would stall the event loop
+    lean_imports.install()
     _import_heavy_modules(kind.heavy_package, f"{kind.package}.handler")
     try:
         await serve_app(kind.create_app(args), args)
@@ -98,6 +101,7 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
     from .gateway import Gateway
     from .server import make_server
     from .supervisor import WorkerSupervisor
+    from .warm_up import PeerWarmer
 
     supervisor = WorkerSupervisor(kind.package, argv)
     gateway = Gateway(
@@ -107,9 +111,13 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         args.request_timeout,
         kind.reply_tracker,
         args.write_timeout,
+        PeerWarmer(getattr(args, "warm_peer", None) or [], kind.warms_peers_on),
+        args.spare_worker,
     )
     server = make_server(args.uri)
     preload = asyncio.create_task(gateway.preload()) if args.preload else None
+    if args.spare_worker and not args.preload:
+        gateway.start_spare()
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
         await server.run(gateway.handler_factory)

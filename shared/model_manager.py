@@ -121,13 +121,19 @@ class ModelManager:
 
         return await self.inference.run(job, priority)
 
-    async def preload(self, key: str) -> None:
+    async def preload(self, key: str, warm: bool = False) -> None:
+        """Load the model; warm: then run its `warm_up()` (one tiny inference: the first one of a process
+        pays one-time costs, which a request should not)."""
         await self.run(key, lambda _model: None)
+        if warm:
+            started = time.monotonic()
+            await self.run(key, lambda model: model.warm_up(), Priority.BULK)
+            _LOGGER.info("Warmed up model %s in %.2f s", key, time.monotonic() - started)
         self._schedule_idle_unload(self._slots[key])
 
-    def preload_in_background(self, key: str) -> "asyncio.Task":
-        """`--preload`: load while the server already answers `describe`; a failure is logged."""
-        task = self._tasks.spawn(self.preload(key))
+    def preload_in_background(self, key: str, warm: bool = False) -> "asyncio.Task":
+        """`--preload` or a `warm-up` event: load while the server already answers; a failure is logged."""
+        task = self._tasks.spawn(self.preload(key, warm))
         task.add_done_callback(_log_preload_failure)
         return task
 

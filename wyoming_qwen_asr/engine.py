@@ -76,6 +76,10 @@ class AsrEngine:
 
     # -- inference ------------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """One token for half a second of silence: the first inference of a process pays one-time costs."""
+        self.decode(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), self.prompt("", None), max_new_tokens=1)
+
     def decode(
         self,
         audio: np.ndarray,

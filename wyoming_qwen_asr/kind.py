@@ -17,4 +17,12 @@ class TranscriptionReplies(ReplyTracker):
     completed_by = ReplyTracker.completed_by | {"transcript-stop"}
 
 
-KIND = ServerKind(__package__, "qwen_asr", parse_args, describer, create_app, TranscriptionReplies)
+KIND = ServerKind(
+    __package__,
+    "qwen_asr",
+    parse_args,
+    describer,
+    create_app,
+    TranscriptionReplies,
+    warms_peers_on=frozenset({"audio-start"}),  # an utterance starts: a TTS request follows in seconds
+)

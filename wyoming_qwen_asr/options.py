@@ -31,6 +31,14 @@ def build_parser() -> EnvArgumentParser:
         help="Streaming step: a partial transcript is decoded after each this much new audio",
     )
     parser.add_argument(
+        "--warm-peer",
+        action="append",
+        default=None,
+        metavar="URI",
+        help="A TTS server (tcp://host:10200) told to get its model ready when an utterance starts, so its "
+        "first reply is not a cold start (a `warm-up` event; harmless to other Wyoming servers). Repeatable",
+    )
+    parser.add_argument(
         "--max-utterance-seconds",
         type=float,
         default=MAX_UTTERANCE_SECONDS,

@@ -83,6 +83,15 @@ class TtsEngine:
             return cls(tts, model_id, graphed_step_loop(tts))
         return cls(tts, model_id)
 
+    def warm_up(self) -> None:
+        """Two frames of a preset speaker, decoded: the first inference of a process pays one-time costs."""
+        speakers = sorted(self.tts.model.config.talker_config.spk_id or {})
+        if not speakers:  # a clone or design model: warmed by its first sentence
+            return
+        decoder = IncrementalDecoder(self.tts.model.speech_tokenizer.model.decoder)
+        call = self._official_call("Hello.", Voice(speakers[0], PRESET, ""), None, 2)
+        generate_frames(self.tts, call, lambda codes: decoder.push(codes[None]), 2, None, self.step_loop)
+
     def synthesize(
         self, text: str, voice: Voice, language: Optional[str], should_stop: Optional[Callable[[], bool]] = None
     ) -> np.ndarray:
