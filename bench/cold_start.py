@@ -119,7 +119,7 @@ async def wait_for_spare(server: Server) -> float:
         assert time.monotonic() < deadline, f"no spare worker; see {server.log_path}"
         await asyncio.sleep(0.2)
     await asyncio.sleep(0.5)
-    return sum(rss_kib(pid) or 0 for pid in children(server.process.pid)) / 1024
+    return worker_mib(server)
 
 
 def worker_mib(server: Server) -> float:

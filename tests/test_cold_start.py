@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from test_gateway_process import wait_for
 from wyoming.asr import Transcribe
 from wyoming.audio import AudioStart
 from wyoming.event import Event
@@ -147,13 +148,6 @@ def test_warm_up_event_round_trip():
     event = WarmUp().event()
     assert event.type == "warm-up" and event.data == {} and event.payload is None
     assert WarmUp.is_type(event.type) and WarmUp.from_event(event) == WarmUp()
-
-
-async def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.asyncio
