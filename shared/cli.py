@@ -123,6 +123,13 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "measured with trained weights); auto: int8 on CPU, none on CUDA",
     )
     parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="On CUDA, run every decoder step from Python instead of replaying the steps captured as CUDA graphs "
+        "at load time (slower; for debugging). No effect on a CPU",
+    )
+    parser.add_argument(
         "--idle-unload",
         type=float,
         default=300.0,

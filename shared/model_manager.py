@@ -45,6 +45,8 @@ class _Slot:
     timer: Optional[asyncio.TimerHandle] = None
     backoff: Backoff = field(default_factory=Backoff)
     loading: Optional[asyncio.Future] = None  # the load in progress, which every caller awaits
+    warm_after_load: bool = False
+    warmed: bool = False
 
 
 class ModelUnavailable(RuntimeError):
@@ -69,8 +71,12 @@ class ModelManager:
         self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model-load")
         self._tasks = BackgroundTasks()
 
-    def register(self, key: str, loader: Callable[[], Any], idle_unload: float) -> None:
-        self._slots[key] = _Slot(key, loader, idle_unload)
+    def register(self, key: str, loader: Callable[[], Any], idle_unload: float, warm_after_load: bool = False) -> None:
+        """warm_after_load: a load is not done until the model's `warm_up()` (one tiny inference, on the
+        inference thread) has run. On CUDA the first inference of a process pays seconds of lazy
+        initialisation (cuBLAS and cuDNN handles, kernel modules loaded on first use); a loaded model that
+        has not paid them answers its first request late (the first streaming steps of an utterance)."""
+        self._slots[key] = _Slot(key, loader, idle_unload, warm_after_load=warm_after_load)
 
     def is_loaded(self, key: str) -> bool:
         return self._slots[key].model is not None
@@ -125,7 +131,7 @@ class ModelManager:
         """Load the model; warm: then run its `warm_up()` (one tiny inference: the first one of a process
         pays one-time costs, which a request should not)."""
         await self.run(key, lambda _model: None)
-        if warm:
+        if warm and not self._slots[key].warmed:
             started = time.monotonic()
             await self.run(key, lambda model: model.warm_up(), Priority.BULK)
             _LOGGER.info("Warmed up model %s in %.2f s", key, time.monotonic() - started)
@@ -174,9 +180,14 @@ class ModelManager:
                 delay = backoff.failed(why)
                 _LOGGER.error("Loading model %s failed (%s); next attempt in %.0f s", slot.key, why, delay)
                 raise
+            if slot.warm_after_load:
+                warming = time.monotonic()
+                await self.inference.run(model.warm_up, Priority.REALTIME)
+                _LOGGER.info("Warmed up model %s in %.2f s", slot.key, time.monotonic() - warming)
             backoff.succeeded()
             slot.model = model
             slot.loads += 1
+            slot.warmed = slot.warm_after_load
             _LOGGER.info("Loaded model %s in %.2f s", slot.key, time.monotonic() - now)
         finally:
             slot.loading = None
@@ -198,6 +209,7 @@ class ModelManager:
         if slot.model is None:
             return
         slot.model = None
+        slot.warmed = False
         slot.unloads += 1
         free_accelerator_memory()
         _LOGGER.info("Unloaded model %s (%s)", slot.key, reason)

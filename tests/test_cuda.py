@@ -72,30 +72,54 @@ def test_encoder_windows_hold_on_flash_attention(asr_model_dir):
     assert torch.allclose(outputs["flash_attention_2"], outputs["sdpa"], atol=5e-2, rtol=5e-2)
 
 
-def test_cuda_graphs_replay_the_eager_step_loop(tiny_dir):
-    """--cuda-graphs: the captured steps give the same greedy codes as the same steps run eagerly (same cache
-    length, so the same kernels), for a preset voice; and a sampled sentence streams to its frame cap."""
-    from wyoming_qwen_tts.cuda_graphs import CAPACITY
-    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
+def _codes(tts, loop, call, frames, seed):
     from wyoming_qwen_tts.frames import generate_frames
+
+    out = []
+    torch.manual_seed(seed)
+    generate_frames(tts, call, out.append, frames, step_loop=loop)
+    return torch.stack(out).cpu()
+
+
+@pytest.mark.parametrize("kind", ["tts-custom-voice", "tts-base", "tts-voice-design"])
+def test_cuda_graphs_replay_the_eager_step_loop(tiny_dir, voices_dir, kind):
+    """The engine's default on CUDA: the frame captured as a CUDA graph at load time. Its codes equal the same
+    steps run eagerly (same cache length, so the same kernels) for each voice kind, sentence after sentence
+    with seeded sampling; a sentence longer than the cache and a greedy one run eagerly; audio streams."""
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
+    from wyoming_qwen_tts.frame_graphs import CAPACITY
     from wyoming_qwen_tts.step_loop import FrameSteps, StepLoop
-    from wyoming_qwen_tts.voices import PRESET, Voice
+    from wyoming_qwen_tts.voices import CLONE, DESIGN, PRESET, Voice
+
+    path = tiny_dir / kind
+    engine = TtsEngine.load(path, str(path), DEVICE, torch.bfloat16)
+    loop = engine.step_loop
+    assert loop is not None and loop.graphs is not None and loop.graphs.runtime.name == "cuda"
+    tts = engine.tts
+    voice = {
+        "tts-custom-voice": Voice("ryan", PRESET, "Ryan"),
+        "tts-base": Voice("grandma", CLONE, "", folder=voices_dir / "grandma"),
+        "tts-voice-design": Voice("narrator", DESIGN, "", instruct="A deep, calm male narrator."),
+    }[kind]
+    eager = StepLoop(tts.model.talker, steps=FrameSteps(tts.model.talker, CAPACITY))
+    for seed, text in enumerate(("Hello there, graphs.", "A second sentence, a little longer than the first.")):
+        call = engine._official_call(text, voice, "english", 30)
+        replayed = loop.graphed_sentences
+        assert torch.equal(_codes(tts, loop, call, 30, seed), _codes(tts, eager, call, 30, seed)), text
+        assert loop.graphed_sentences == replayed + 1
+    long_text = "This sentence is long. " * 40
+    call = engine._official_call(long_text, voice, "english", CAPACITY)
+    assert len(_codes(tts, loop, call, 20, 5)) == 20  # prompt + frames exceed the cache: eager steps
+    assert loop.graphed_sentences == 2
+    pieces = []
+    frames = engine.stream("Hello there.", voice, "english", pieces.append)
+    assert 0 < frames <= max_frames_for("Hello there.")  # sampling may draw end-of-speech early
+    assert sum(len(p) for p in pieces) == frames * FRAME_SAMPLES
+    assert loop.graphed_sentences == 3
+
+
+def test_no_cuda_graphs_keeps_the_official_loop_on_cuda(tiny_dir):
+    from wyoming_qwen_tts.engine import TtsEngine
 
     path = tiny_dir / "tts-custom-voice"
-    engine = TtsEngine.load(path, str(path), DEVICE, torch.bfloat16, cuda_graphs=True)
-    assert engine.step_loop is not None and engine.step_loop.graphs is not None
-    tts = engine.tts
-    call = lambda: tts.generate_custom_voice(  # noqa: E731
-        text="Hello there, graphs.", speaker="ryan", language="english", max_new_tokens=31, do_sample=False
-    )
-    eager = StepLoop(tts.model.talker, steps=FrameSteps(tts.model.talker, CAPACITY))
-    codes = {}
-    for name, loop in (("graphs", engine.step_loop), ("eager", eager)):
-        frames = []
-        generate_frames(tts, call, frames.append, 30, step_loop=loop)
-        codes[name] = torch.stack(frames)
-    assert torch.equal(codes["graphs"], codes["eager"])
-    pieces = []
-    frames = engine.stream("Hello there.", Voice("ryan", PRESET, "Ryan"), "english", pieces.append)
-    assert frames == max_frames_for("Hello there.")
-    assert sum(len(p) for p in pieces) == frames * FRAME_SAMPLES
+    assert TtsEngine.load(path, str(path), DEVICE, torch.bfloat16, cuda_graphs=False).step_loop is None

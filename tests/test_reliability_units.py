@@ -41,6 +41,30 @@ async def test_a_slow_load_neither_blocks_other_models_nor_looks_stuck():
     await manager.close()
 
 
+async def test_a_model_that_must_warm_up_is_loaded_only_once_warm():
+    """On CUDA (the servers register their models so there) a load includes one warm-up inference on the
+    inference thread, before any request runs; a second preload does not warm again; a reload warms again."""
+    events = []
+
+    class Model:
+        def warm_up(self):
+            events.append(("warm", threading.current_thread().name))
+
+    manager = ModelManager()
+    manager.register("m", Model, -1, warm_after_load=True)
+    await manager.run("m", lambda _model: events.append(("request", threading.current_thread().name)))
+    assert events == [("warm", "inference"), ("request", "inference")]
+    await manager.preload("m", warm=True)
+    assert len(events) == 2
+    await manager.unload("m", "test")
+    await manager.run("m", lambda _model: None)
+    assert [e[0] for e in events] == ["warm", "request", "warm"]
+    manager.register("cold", Model, -1)
+    await manager.run("cold", lambda _model: None)
+    assert len(events) == 3  # not registered to warm: nothing ran
+    await manager.close()
+
+
 async def test_the_probe_tells_a_busy_thread_from_a_stuck_one():
     inference = InferenceThread()
     stop, stuck = threading.Event(), threading.Event()

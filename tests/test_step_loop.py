@@ -1,16 +1,18 @@
-"""The step loop behind `--cuda-graphs`, on the CPU: its steps read nothing back to the host (so CUDA graphs can
-capture them), steps of a fixed cache length serve sentence after sentence, and the flag is harmless on a
-CPU. That its codes equal the official generate's, for every voice kind, is in test_tts_frames.py."""
+"""The step loop and its frame graph, on the CPU: a frame reads nothing back to the host (so it can be captured),
+steps of a fixed cache length serve sentence after sentence, the graph (on the strict CPU stand-in of
+shared/graphs.py) replays exactly what the eager steps compute, and the options. That the codes equal the
+official generate's, for every voice kind, is in test_tts_frames.py."""
 
 from __future__ import annotations
 
 import copy
-import logging
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from shared.graphs import EagerGraphs, GraphCaptureError
+from wyoming_qwen_tts.frame_graphs import CAPACITY, FrameGraphs, checkpoint_samplers, graphed_step_loop
 from wyoming_qwen_tts.frames import generate_frames
 from wyoming_qwen_tts.step_loop import FrameSteps, StepLoop, TokenSampler
 
@@ -98,32 +100,29 @@ def test_the_sampler_is_hugging_faces_processors_and_draw(tts, setting):
 
 
 def test_a_frame_reads_nothing_back_to_the_host(tts):
-    """Both steps of a frame and the talker's sampling (repetition penalty, suppressed tokens, minimum length,
-    temperature, top-k, top-p) run without one host read, so they can be captured and sampling stays on the GPU."""
+    """A whole frame (the code predictor's 15 steps with their sampling, the talker step, and the talker's
+    sampling: repetition penalty, suppressed tokens, minimum length, temperature, top-k, top-p) runs without one
+    host read, so it can be captured and sampling stays on the GPU."""
     talker = tts.model.talker
     config = talker.config
     steps = FrameSteps(talker, capacity=64)
-    steps.predictor_sampler = TokenSampler(config.code_predictor_config.vocab_size, "cpu", True, 50, 0.9, 0.9)
     sampler = TokenSampler(config.vocab_size, "cpu", True, 50, 0.9, 0.9, 1.05, [5, 6, 7], config.codec_eos_token_id, 2)
+    steps.start(sampler, TokenSampler(config.code_predictor_config.vocab_size, "cpu", True, 50, 0.9, 0.9))
     hidden = talker.get_input_embeddings().weight.shape[1]
-    logits = steps.prefill(
+    steps.prefill(
         torch.randn(1, 5, hidden),
         torch.ones(1, 5, dtype=torch.long),
         torch.randn(1, 1, hidden),
         torch.randn(1, 1, hidden),
     )
-    steps.position.fill_(5)
     with torch.inference_mode(), HostReads() as reads:
-        steps.token.copy_(sampler(logits, new_tokens=0))
-        steps.predict_codes()
-        steps.step_embeds.copy_(steps.codes_embedding)
-        steps.talker_step()
-        sampler(steps.logits, new_tokens=1)
+        steps.frame()
     assert reads.seen == []
     assert reads.operators > 200  # it did watch the steps
     with HostReads() as reads:  # the detector itself sees a host read
-        int(steps.codes[0, 0])
-    assert reads.seen == ["_local_scalar_dense"]
+        int(steps.out[0])
+    assert reads.seen in (["_local_scalar_dense"], ["item"])
+    assert int(steps.position) == 6 and int(steps.new_tokens) == 2  # the frame moved the positions on
 
 
 def test_fixed_length_steps_serve_one_sentence_after_another(tts):
@@ -139,18 +138,138 @@ def test_fixed_length_steps_serve_one_sentence_after_another(tts):
     assert steps.talker_cache.max_cache_len == 96
 
 
-def test_cuda_graphs_flag_on_a_cpu_warns_and_keeps_the_official_loop(tiny_dir, caplog):
+def test_the_graph_replays_exactly_the_eager_steps_sentence_after_sentence(tts):
+    """The frame captured once (on the stand-in, which re-runs it and refuses any replay that would differ from
+    the capture on a GPU) gives the eager steps' codes for each sentence in turn, with the same cache length;
+    a sentence longer than the cache, and one with other sampling settings, run the same steps eagerly."""
+    graphed = graphed_step_loop(tts, runtime=EagerGraphs(), capacity=96)
+    eager = StepLoop(tts.model.talker, steps=FrameSteps(tts.model.talker, 96))
+    sentences = (("Hello world.", 30), ("A second, longer sentence follows here.", 24), ("Short.", 12))
+    for seed, (text, frames) in enumerate(sentences):
+        codes = stepped_codes(tts, graphed, text, seed, frames)
+        assert torch.equal(codes, stepped_codes(tts, eager, text, seed, frames)), text
+        assert torch.equal(codes, official_codes(tts, preset_call(tts, text, frames), seed)), text
+    assert graphed.graphed_sentences == len(sentences)
+    assert graphed.graphs._graphs[0].replays == sum(frames for _, frames in sentences)
+    long_text = "This one needs more positions than the fixed cache has. " * 2
+    assert torch.equal(
+        stepped_codes(tts, graphed, long_text, 7, 90), official_codes(tts, preset_call(tts, long_text, 90), 7)
+    )
+    assert graphed.graphed_sentences == len(sentences)  # ran eagerly
+    greedy = lambda: tts.generate_custom_voice(  # noqa: E731
+        text="Hello.", speaker="ryan", language="english", max_new_tokens=13, do_sample=False
+    )
+    frames = []
+    torch.manual_seed(0)  # the code predictor still samples
+    generate_frames(tts, greedy, frames.append, 12, step_loop=graphed)
+    assert torch.equal(torch.stack(frames), official_codes(tts, greedy, 0))
+    assert graphed.graphed_sentences == len(sentences)  # other settings: eagerly too
+
+
+@pytest.mark.parametrize("layout", ["0.6b", "1.7b"])
+def test_the_graph_serves_both_model_sizes(tts, tmp_path, monkeypatch, layout):
+    """The 0.6B models' code predictor is as wide as their talker (no projection between them); the 1.7B's is
+    narrower (a Linear from the talker's width, as in the tiny checkpoints). The graph gives the official codes
+    for both layouts."""
+    from qwen_tts import Qwen3TTSModel
+
+    import tiny_models
+
+    if layout == "0.6b":
+        shape = dict(tiny_models.TTS_SHAPES["tiny"], cp_hidden=64, cp_heads=4, cp_kv_heads=2)
+        monkeypatch.setitem(tiny_models.TTS_SHAPES, "tiny-0.6b-layout", shape)
+        path = tiny_models.build_tts(tmp_path / "tts", shape="tiny-0.6b-layout")
+        tts = Qwen3TTSModel.from_pretrained(str(path), dtype=torch.float32, device_map="cpu")
+    projection = tts.model.talker.code_predictor.small_to_mtp_projection
+    assert isinstance(projection, torch.nn.Identity if layout == "0.6b" else torch.nn.Linear)
+    loop = graphed_step_loop(tts, runtime=EagerGraphs(), capacity=96)
+    text = "Hello world, both sizes."
+    expected = official_codes(tts, preset_call(tts, text, 20), 1)
+    assert torch.equal(stepped_codes(tts, loop, text, 1, 20), expected)
+    assert loop.graphed_sentences == 1
+
+
+def test_two_graphs_per_frame_replay_the_same_codes(tts):
+    one = graphed_step_loop(tts, runtime=EagerGraphs(), capacity=64)
+    two = graphed_step_loop(tts, runtime=EagerGraphs(), granularity="steps", capacity=64)
+    assert len(two.graphs._graphs) == 2
+    assert torch.equal(stepped_codes(tts, one, "Hello there.", 3, 20), stepped_codes(tts, two, "Hello there.", 3, 20))
+    with pytest.raises(ValueError, match="granularity"):
+        FrameGraphs(one.graphs.steps, one.graphs.sampler, one.graphs.predictor_sampler, EagerGraphs(), "layer")
+
+
+def test_the_capture_leaves_nothing_behind(tts):
+    """The warm-up runs and the capture write into the caches, positions and the repetition penalty's memory:
+    all of it is reset, so the first sentence starts clean."""
+    loop = graphed_step_loop(tts, runtime=EagerGraphs(), capacity=64)
+    steps = loop.graphs.steps
+    for layer in steps.talker_cache.layers + steps.predictor_cache.layers:
+        assert not layer.keys.any() and not layer.values.any()
+    assert int(steps.position) == 0 and int(steps.new_tokens) == 0 and not steps.out.any()
+    assert not loop.graphs.sampler.seen.any()
+
+
+def test_the_stand_in_catches_a_reset_outside_inference_mode(tts, monkeypatch):
+    """The bug of the first GPU run: the caches, made in inference mode, were reset outside it after the
+    capture. The stand-in runs that capture on the CPU, so the same mistake fails here."""
+
+    def reset_outside_inference_mode(self):
+        self.talker_cache.reset()
+
+    monkeypatch.setattr(FrameSteps, "reset", reset_outside_inference_mode)
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        graphed_step_loop(tts, runtime=EagerGraphs(), capacity=64)
+
+
+def test_a_frame_that_reads_the_host_cannot_be_captured(tts, monkeypatch):
+    original = FrameSteps.talker_step
+
+    def with_a_host_read(self):
+        original(self)
+        if int(self.token) < 0:  # what the official loop's per-step checks would do
+            pass
+
+    monkeypatch.setattr(FrameSteps, "talker_step", with_a_host_read)
+    with pytest.raises(GraphCaptureError, match="reads a tensor's value on the host"):
+        graphed_step_loop(tts, runtime=EagerGraphs(), capacity=64)
+
+
+def test_the_checkpoint_samplers_are_what_the_wrapper_passes(tts):
+    sampler, predictor_sampler = checkpoint_samplers(tts, "cpu")
+    config = tts.model.talker.config
+    eos = config.codec_eos_token_id
+    assert sampler.settings() == (True, 0.9, 50, None, 1.05, 2, eos, tuple(i for i in range(2048, 3072) if i != eos))
+    assert predictor_sampler.settings()[:5] == (True, 0.9, 50, None, None)
+    assert CAPACITY >= 2048
+
+
+def test_on_a_cpu_the_engine_keeps_the_official_loop(tiny_dir):
     from wyoming_qwen_tts.engine import TtsEngine
 
     path = tiny_dir / "tts-custom-voice"
-    with caplog.at_level(logging.WARNING):
-        engine = TtsEngine.load(path, str(path), "cpu", torch.float32, cuda_graphs=True)
-    assert engine.step_loop is None
-    assert "--cuda-graphs needs a CUDA device" in caplog.text
+    assert TtsEngine.load(path, str(path), "cpu", torch.float32).step_loop is None
 
 
-def test_the_options_take_cuda_graphs():
-    from wyoming_qwen_tts.options import parse_args
+def test_an_engine_streams_through_the_graph(tts):
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
+    from wyoming_qwen_tts.voices import PRESET, Voice
 
-    assert parse_args([]).cuda_graphs is False
-    assert parse_args(["--cuda-graphs"]).cuda_graphs is True
+    loop = graphed_step_loop(tts, runtime=EagerGraphs(), capacity=256)
+    engine = TtsEngine(tts, "tiny", step_loop=loop)
+    pieces = []
+    frames = engine.stream("Hello there.", Voice("ryan", PRESET, "Ryan"), "english", pieces.append)
+    assert frames == max_frames_for("Hello there.")  # random weights run to the cap
+    assert sum(len(p) for p in pieces) == frames * FRAME_SAMPLES
+    assert loop.graphed_sentences == 1
+
+
+def test_the_options_turn_cuda_graphs_off(monkeypatch):
+    from wyoming_qwen_asr.options import parse_args as asr_args
+    from wyoming_qwen_tts.options import parse_args as tts_args
+
+    assert tts_args([]).cuda_graphs is True
+    assert tts_args(["--no-cuda-graphs"]).cuda_graphs is False
+    assert tts_args(["--cuda-graphs"]).cuda_graphs is True  # the flag of earlier releases still parses
+    assert asr_args([]).cuda_graphs is True and asr_args(["--no-cuda-graphs"]).cuda_graphs is False
+    monkeypatch.setenv("QWEN_TTS_NO_CUDA_GRAPHS", "true")
+    assert tts_args([]).cuda_graphs is False

@@ -9,6 +9,8 @@ import pytest
 import torch
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from shared.graphs import EagerGraphs
+from wyoming_qwen_tts.frame_graphs import graphed_step_loop
 from wyoming_qwen_tts.frames import GenerationStopped, generate_frames
 from wyoming_qwen_tts.incremental_decoder import IncrementalDecoder
 from wyoming_qwen_tts.step_loop import StepLoop
@@ -37,6 +39,12 @@ def models(tiny_dir, request):
 
 
 @pytest.fixture(scope="module")
+def graphed_loops(models):
+    """Each model's graphed step loop on the CPU stand-in (captured once, re-used by every test)."""
+    return {kind: graphed_step_loop(tts, runtime=EagerGraphs(), capacity=256) for kind, tts in models.items()}
+
+
+@pytest.fixture(scope="module")
 def clone_prompt(models):
     rng = np.random.default_rng(4)
     reference = (0.2 * rng.standard_normal(2 * 24000)).astype(np.float32)
@@ -59,20 +67,26 @@ def official_call(models, clone_prompt, kind, sample):
     return tts, lambda: tts.generate_voice_design(instruct="A calm voice.", **kwargs)
 
 
-@pytest.mark.parametrize("loop", ["official-generate", "step-loop"])
+@pytest.mark.parametrize("loop", ["official-generate", "step-loop", "graphed"])
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "seeded-sampling"])
 @pytest.mark.parametrize("kind", ["preset", "clone", "design"])
-def test_frames_are_the_official_codes(models, clone_prompt, kind, sample, loop):
-    """Frame by frame, from the official generate (watched by a hook) or from our step loop with static KV
-    caches (what --cuda-graphs replays) standing in for talker.generate: the official codes either way."""
+def test_frames_are_the_official_codes(models, graphed_loops, clone_prompt, kind, sample, loop):
+    """Frame by frame, from the official generate (watched by a hook), from our step loop with static KV
+    caches standing in for talker.generate, or from that loop's frame captured as a graph (on the CPU
+    stand-in, which replays what a CUDA graph would): the official codes every way. The graph is captured
+    with the checkpoint's sampling settings, so a greedy request runs the same steps eagerly."""
     tts, call = official_call(models, clone_prompt, kind, sample)
     expected = official_codes(tts, call, seed=11)
-    step_loop = StepLoop(tts.model.talker) if loop == "step-loop" else None
+    step_loop = {"official-generate": None, "step-loop": StepLoop(tts.model.talker), "graphed": graphed_loops[kind]}
+    step_loop = step_loop[loop]
+    replayed = step_loop.graphed_sentences if loop == "graphed" else 0
     frames = []
     torch.manual_seed(11)
     count = generate_frames(tts, call, frames.append, max_frames=FRAMES, step_loop=step_loop)
     assert count == len(frames) == len(expected) > 0
     assert torch.equal(torch.stack(frames), expected)
+    if loop == "graphed":
+        assert step_loop.graphed_sentences - replayed == (1 if sample else 0)
 
 
 def test_generation_can_stop_between_two_frames(models, clone_prompt):
@@ -100,6 +114,20 @@ def test_incremental_decode_equals_one_full_decode(models, frames, schedule):
     codes = torch.randint(0, 2048, (frames, 16), generator=torch.Generator().manual_seed(frames))
     full = speech_tokenizer.decode([{"audio_codes": codes}])[0][0]
     got = incremental(speech_tokenizer.model.decoder, codes, schedule, context_frames=16)
+    assert got.shape == full.shape
+    assert np.abs(got - full).max() < 1e-4
+
+
+def test_a_padded_last_chunk_gives_the_same_audio(models):
+    """The last chunk of a sentence is padded to its scheduled size (so a GPU sees few input lengths): its audio
+    is still exactly that of the real frames (the decoder is causal)."""
+    speech_tokenizer = models["preset"].model.speech_tokenizer
+    codes = torch.randint(0, 2048, (30, 16), generator=torch.Generator().manual_seed(3))
+    full = speech_tokenizer.decode([{"audio_codes": codes}])[0][0]
+    inc = IncrementalDecoder(speech_tokenizer.model.decoder)
+    pieces = [inc.push(codes[:1]), inc.push(codes[1:5]), inc.push(codes[5:13]), inc.push(codes[13:25])]
+    pieces.append(inc.push(codes[25:], pad_to=12))  # 5 real frames, decoded as 12
+    got = np.concatenate(pieces)
     assert got.shape == full.shape
     assert np.abs(got - full).max() < 1e-4
 

@@ -17,17 +17,28 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def spoken(monkeypatch):
-    """Every sentence the engine synthesizes: (text, voice name, voice kind, language)."""
+    """Every sentence the engine synthesizes for a client: (text, voice name, voice kind, language). The warm-up
+    a load runs on a GPU (one tiny sentence) is not a client's and is left out."""
     from wyoming_qwen_tts.engine import TtsEngine
 
     calls = []
     original = TtsEngine._official_call  # both whole-sentence and frame streaming go through it
+    original_warm_up = TtsEngine.warm_up
 
     def spy(self, text, voice, language, max_frames):
-        calls.append((text, voice.name, self.kind, language))
+        if not getattr(self, "warming_up", False):
+            calls.append((text, voice.name, self.kind, language))
         return original(self, text, voice, language, max_frames)
 
+    def warm_up(self):
+        self.warming_up = True
+        try:
+            original_warm_up(self)
+        finally:
+            self.warming_up = False
+
     monkeypatch.setattr(TtsEngine, "_official_call", spy)
+    monkeypatch.setattr(TtsEngine, "warm_up", warm_up)
     return calls
 
 

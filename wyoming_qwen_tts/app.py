@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional
 from wyoming.event import Event
 
 from shared.connection import WRITE_TIMEOUT
+from shared.devices import wants_cuda
 from shared.languages import TTS_LANGUAGES
 from shared.model_manager import ModelManager
 from shared.server import model_loader, new_manager
@@ -30,7 +31,7 @@ class TtsApp:
     default_voice: Optional[str]
     default_language: Optional[str]  # Qwen name; None = the model's auto
     samples_per_chunk: int
-    first_chunk_frames: Optional[int]  # None: whole sentences
+    first_chunk_frames: Optional[int]  # None: whole sentences; 0: the engine's default
     data_dirs: List[str] = field(default_factory=list)
     preload_key: str = MODEL_KEYS[PRESET]
     write_timeout: float = WRITE_TIMEOUT
@@ -64,7 +65,8 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     manager = manager or new_manager(args)
     for kind, model in models.items():
         load = partial(_load_engine, model, args.cuda_graphs)
-        manager.register(MODEL_KEYS[kind], model_loader(model, args, load), args.idle_unload)
+        loader = model_loader(model, args, load)
+        manager.register(MODEL_KEYS[kind], loader, args.idle_unload, warm_after_load=wants_cuda(args.device))
     return TtsApp(
         describe=describer(args),
         manager=manager,
@@ -73,7 +75,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
         default_voice=args.voice,
         default_language=TTS_LANGUAGES.to_qwen_name(args.language),
         samples_per_chunk=args.samples_per_chunk,
-        first_chunk_frames=None if args.no_frame_streaming else args.first_chunk_frames,
+        first_chunk_frames=None if args.no_frame_streaming else (args.first_chunk_frames or 0),
         data_dirs=list(args.data_dir or []),
         write_timeout=args.write_timeout,
     )

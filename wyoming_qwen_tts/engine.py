@@ -13,7 +13,7 @@ import torch
 
 from .clone_prompts import ClonePromptCache
 from .frames import generate_frames, watched_frames
-from .incremental_decoder import IncrementalDecoder
+from .incremental_decoder import CONTEXT_FRAMES, IncrementalDecoder
 from .voices import CLONE, DESIGN, PRESET, Voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -45,6 +45,12 @@ class TtsEngine:
         self.clone_prompts = ClonePromptCache(model_id)
         self.frames_generated = 0  # progress, read by tests and logs
 
+    @property
+    def default_first_chunk_frames(self) -> int:
+        """Replayed graphs make a frame and a one-frame decode cost milliseconds: the first audio can go out
+        after one frame. Run from Python (a CPU), a frame costs more than the chunk's decode overhead saves."""
+        return 1 if self.step_loop is not None and self.step_loop.graphs is not None else 2
+
     @classmethod
     def load(
         cls,
@@ -54,19 +60,18 @@ class TtsEngine:
         dtype,
         attention: Optional[str] = None,
         quantize: str = "none",
-        cuda_graphs: bool = False,
+        cuda_graphs: bool = True,
     ) -> "TtsEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the talker's and code predictor's linear layers in int8 (heads, embeddings and the
-        codec decoder stay float). cuda_graphs: frame streaming replays CUDA graphs of our step loop
-        (cuda_graphs.py; on CUDA only, with sdpa attention, which the captured steps need)."""
+        codec decoder stay float). cuda_graphs: on CUDA, frame streaming replays a graph of our step loop
+        captured now (frame_graphs.py; with sdpa attention, which the captured steps need). On a CPU the
+        official loop streams: the step loop is no faster there."""
         from qwen_tts import Qwen3TTSModel
 
         from shared.devices import load_pretrained
 
         graphs = cuda_graphs and str(device).startswith("cuda")
-        if cuda_graphs and not graphs:
-            _LOGGER.warning("--cuda-graphs needs a CUDA device; generating with the official loop on %s", device)
         if graphs:
             attention = "sdpa"
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
@@ -78,7 +83,7 @@ class TtsEngine:
             what = "the TTS talker and code predictor"
             quantize_int8([talker.model, talker.code_predictor.model], what, cache=cache_file(path))
         if graphs:
-            from .cuda_graphs import graphed_step_loop
+            from .frame_graphs import graphed_step_loop
 
             return cls(tts, model_id, graphed_step_loop(tts))
         return cls(tts, model_id)
@@ -91,6 +96,25 @@ class TtsEngine:
         decoder = IncrementalDecoder(self.tts.model.speech_tokenizer.model.decoder)
         call = self._official_call("Hello.", Voice(speakers[0], PRESET, ""), None, 2)
         generate_frames(self.tts, call, lambda codes: decoder.push(codes[None]), 2, None, self.step_loop)
+        if self.step_loop is not None and self.step_loop.graphs is not None:
+            self._warm_decoder_shapes()
+
+    def _warm_decoder_shapes(self) -> None:
+        """On a GPU each new input length of the codec decoder's convolutions costs a one-time plan of about
+        0.1 s (H200 run: 144 ms for a one-frame chunk of a new length, about 20 ms once seen). A sentence
+        decodes only a few lengths (the chunk schedule, from a cold or a primed context), so decode them
+        all now rather than in the first replies."""
+        schedule = chunk_schedule(self.default_first_chunk_frames)
+        codes = torch.zeros(sum(schedule) + schedule[-1], 16, dtype=torch.long)
+        decoder = self.tts.model.speech_tokenizer.model.decoder
+        for primed in (False, True):  # a preset or designed voice, and a cloned one (primed with its reference)
+            incremental = IncrementalDecoder(decoder)
+            if primed:
+                incremental.prime(codes[: 2 * CONTEXT_FRAMES])
+            start = 0
+            for size in [*schedule, schedule[-1]]:
+                incremental.push(codes[start : start + size])
+                start += size
 
     def synthesize(
         self, text: str, voice: Voice, language: Optional[str], should_stop: Optional[Callable[[], bool]] = None
@@ -111,7 +135,7 @@ class TtsEngine:
         language: Optional[str],
         emit: Callable[[np.ndarray], None],
         should_stop: Optional[Callable[[], bool]] = None,
-        first_chunk_frames: int = 2,
+        first_chunk_frames: Optional[int] = None,
     ) -> int:
         """Speak one sentence frame by frame: `emit` gets audio after the first `first_chunk_frames`
         frames, then in growing chunks. The codes are the official `generate`'s; the audio equals one
@@ -124,7 +148,7 @@ class TtsEngine:
             (item,) = self.clone_prompts.get(self.tts, voice.folder)
             if item.icl_mode and item.ref_code is not None:
                 decoder.prime(item.ref_code)
-        schedule = chunk_schedule(first_chunk_frames)
+        schedule = chunk_schedule(first_chunk_frames or self.default_first_chunk_frames)
         pending = []
 
         def on_frame(codes) -> None:
@@ -145,8 +169,8 @@ class TtsEngine:
             should_stop,
             self.step_loop,
         )
-        if pending:
-            emit(decoder.push(torch.stack(pending)))
+        if pending:  # the last chunk, padded to its scheduled size: a shape the decoder has seen
+            emit(decoder.push(torch.stack(pending), pad_to=schedule[0]))
         return frames
 
     def _official_call(self, text: str, voice: Voice, language: Optional[str], max_frames: int):

@@ -46,8 +46,17 @@ class IncrementalDecoder:
             self._run(codes, want_audio=False)
 
     @torch.inference_mode()
-    def push(self, codes: torch.Tensor) -> np.ndarray:
-        """Audio (float32, clamped to [-1, 1] as the official decode does) of new frames (n x 16)."""
+    def push(self, codes: torch.Tensor, pad_to: int = 0) -> np.ndarray:
+        """Audio (float32, clamped to [-1, 1] as the official decode does) of new frames (n x 16).
+
+        pad_to: for the last push of an utterance, decode as many frames as that, repeating the last one, and
+        return only the audio of the real ones (the decoder is causal: frames after them change nothing before
+        them). Every push then has one of a few shapes, each of which costs a GPU a one-time plan of ~0.1 s
+        for the convolutions (measured on an H200); the decoder cannot be pushed again after a padded push."""
+        n = len(codes)
+        if 0 < n < pad_to:
+            codes = torch.cat([codes, codes[-1:].expand(pad_to - n, -1)])
+            return self._run(codes, want_audio=True)[: n * self.samples_per_frame]
         return self._run(codes, want_audio=True)
 
     def _run(self, codes: torch.Tensor, want_audio: bool):

@@ -35,21 +35,17 @@ def build_parser() -> EnvArgumentParser:
     parser.add_argument(
         "--first-chunk-frames",
         type=int,
-        default=2,
+        default=None,
         help="Frame streaming: the first audio of a sentence goes out after this many 12.5 Hz codec frames "
-        "(80 ms each)",
+        "(80 ms each); default 1 with CUDA graphs, else 2",
     )
     parser.add_argument(
         "--no-frame-streaming",
         action="store_true",
         help="Synthesize whole sentences instead of streaming each one frame by frame",
     )
-    parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="Frame streaming on CUDA: generate with our step loop and replay it as CUDA graphs (experimental, "
-        "off until measured on a GPU; see the README). Ignored on a CPU",
-    )
+    # on by default since CUDA graphs were measured on a GPU; the flag of earlier releases is still accepted
+    parser.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_true", default=True, help=argparse.SUPPRESS)
     parser.add_argument(
         "--no-streaming",
         action="store_true",
@@ -66,6 +62,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     except UnsupportedLanguage as err:
         parser.error(f"--language: {err}")
     for option in ("first_chunk_frames", "samples_per_chunk"):
-        if getattr(args, option) < 1:
+        if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args

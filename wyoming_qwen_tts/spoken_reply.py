@@ -39,7 +39,7 @@ class SpokenReply:
         first_chunk_frames: Optional[int] = 2,
     ) -> None:
         """first_chunk_frames: stream each sentence frame by frame, first audio after this many
-        frames; None synthesizes whole sentences."""
+        frames (0: the engine's default); None synthesizes whole sentences."""
         self._manager = manager
         self._model_key = model_key
         self.voice = voice

@@ -1,13 +1,13 @@
 """Our own frame loop over the talker and the 15-step code predictor, with static KV caches.
 
 It stands in for `talker.generate` only: the official wrapper still builds the prompt of every voice
-kind (preset speaker, cloned voice, designed voice) and calls `talker.generate(**talker_kwargs)`. Each
-frame is then two fixed-shape steps over static buffers, so on CUDA both can be captured as CUDA graphs
-and replayed (`cuda_graphs.py`):
+kind (preset speaker, cloned voice, designed voice) and calls `talker.generate(**talker_kwargs)`. After
+the prefill, each frame is one fixed-shape step over static buffers (`FrameSteps.frame`), which on CUDA is
+captured once as a CUDA graph and replayed (`frame_graphs.py`):
 - `predict_codes`: codebook 0 and the talker's last hidden state in; the 15 code-predictor forwards with
   their sampling, out come the frame's 16 codes and the sum of their embeddings;
-- `talker_step`: that sum (plus the frame's text embedding) in; one talker forward, out come the logits
-  of the next codebook 0 and the new hidden state.
+- `talker_step`: that sum plus the frame's text embedding in; one talker forward, the choice of the next
+  codebook 0, and the positions advanced.
 Both run the models' own forward (`code_predictor(...)`, `talker.model(...)`, `talker.codec_head`).
 
 The codes equal the official `generate`'s (greedy and seeded sampling; tests/test_step_loop.py):
@@ -15,13 +15,14 @@ The codes equal the official `generate`'s (greedy and seeded sampling; tests/tes
 arguments, in the same order and with the same tensor operations, and draws a sample the way
 `torch.multinomial` draws one (an exponential race: argmax of probs / Exp(1) noise), so the random stream
 is consumed identically. Unlike `torch.multinomial`, that draw makes no host synchronisation, so sampling
-stays on the GPU; the only host read in a frame is the end-of-speech check.
+stays on the GPU; the only host read in a frame is the one copy of its codes and the next codebook 0
+(end-of-speech check) after the step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from transformers.cache_utils import StaticCache
@@ -54,15 +55,27 @@ class TokenSampler:
         self.penalty = repetition_penalty if repetition_penalty not in (None, 1.0) else None
         self.seen = torch.zeros(1, vocab_size, dtype=torch.bool, device=device) if self.penalty else None
         self.suppressed = _mask(vocab_size, suppress_tokens, device) if suppress_tokens else None
+        self.suppressed_ids = tuple(sorted(suppress_tokens or ()))
         self.min_new_tokens = min_new_tokens or 0
+        self.eos_token_id = eos_token_id
         self.eos = _mask(vocab_size, [eos_token_id], device) if eos_token_id is not None else None
 
     def settings(self) -> tuple:
-        return (self.do_sample, self.temperature, self.top_k, self.top_p, self.penalty, self.min_new_tokens)
+        return (
+            self.do_sample, self.temperature, self.top_k, self.top_p, self.penalty, self.min_new_tokens,
+            self.eos_token_id, self.suppressed_ids,
+        )  # fmt: skip
 
-    def __call__(self, logits: torch.Tensor, new_tokens: int = 0) -> torch.Tensor:
-        """logits: (1, vocab) float32; new_tokens: how many tokens this sequence has already generated.
-        Returns the chosen token, shape (1, 1)."""
+    @torch.inference_mode()
+    def reset(self) -> None:
+        """Forget the tokens of the last sequence (the repetition penalty's memory), in place."""
+        if self.seen is not None:
+            self.seen.zero_()
+
+    def __call__(self, logits: torch.Tensor, new_tokens: Union[int, torch.Tensor] = 0) -> torch.Tensor:
+        """logits: (1, vocab) float32; new_tokens: how many tokens this sequence has already generated (an
+        int, or a one-element tensor on the device, which a captured step reads). Returns the chosen token,
+        shape (1, 1)."""
         scores = self.scores(logits, new_tokens)
         if self.do_sample:
             probs = torch.nn.functional.softmax(scores, dim=-1)
@@ -73,14 +86,17 @@ class TokenSampler:
             self.seen.scatter_(1, token, True)
         return token
 
-    def scores(self, logits: torch.Tensor, new_tokens: int = 0) -> torch.Tensor:
+    def scores(self, logits: torch.Tensor, new_tokens: Union[int, torch.Tensor] = 0) -> torch.Tensor:
         """The logits after the processors, as HF's processor list leaves them."""
         scores = logits
         if self.penalty is not None:
             penalized = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
             scores = torch.where(self.seen, penalized, scores)
-        if self.eos is not None and new_tokens < self.min_new_tokens:
-            scores = torch.where(self.eos, -math.inf, scores)
+        if self.eos is not None and self.min_new_tokens:
+            if isinstance(new_tokens, torch.Tensor):  # decided on the device: the same operators every frame
+                scores = torch.where(self.eos & (new_tokens < self.min_new_tokens), -math.inf, scores)
+            elif new_tokens < self.min_new_tokens:
+                scores = torch.where(self.eos, -math.inf, scores)
         if self.suppressed is not None:
             scores = torch.where(self.suppressed, -math.inf, scores)
         if not self.do_sample:
@@ -104,8 +120,9 @@ def _mask(vocab_size: int, tokens: Sequence[int], device) -> torch.Tensor:
 
 
 class FrameSteps:
-    """The two steps of a frame over static buffers (see the module docstring). `capacity` is the talker
-    cache length: prompt plus frames."""
+    """The steps of a frame over static buffers (see the module docstring). `capacity` is the talker cache
+    length: prompt plus frames. The samplers are set per sentence (`start`); a captured frame keeps the
+    ones it was captured with."""
 
     def __init__(self, talker, capacity: int) -> None:
         self.talker = talker
@@ -115,22 +132,33 @@ class FrameSteps:
         device, dtype, hidden = embedding.device, embedding.dtype, embedding.shape[1]
         self.talker_cache = StaticCache(config=talker.config, max_cache_len=capacity)
         self.predictor_cache = StaticCache(config=self.predictor.config, max_cache_len=CODE_PREDICTOR_POSITIONS)
+        self.sampler: Optional[TokenSampler] = None  # the talker's (codebook 0)
         self.predictor_sampler: Optional[TokenSampler] = None
-        # inputs and outputs of predict_codes
-        self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
-        self.past_hidden = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
-        self.codes = torch.zeros(1, talker.config.num_code_groups, dtype=torch.long, device=device)
-        self.codes_embedding = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
-        # inputs and outputs of talker_step
-        self.step_embeds = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.rope_delta = torch.zeros(1, 1, dtype=torch.long, device=device)
-        self.logits = torch.zeros(1, talker.config.vocab_size, dtype=torch.float32, device=device)
+        groups = talker.config.num_code_groups
+        with torch.inference_mode():
+            # inputs and outputs of predict_codes
+            self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
+            self.past_hidden = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+            self.codes_embedding = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+            # inputs of talker_step
+            self.text = torch.zeros(1, 1, hidden, dtype=dtype, device=device)
+            self.position = torch.zeros(1, dtype=torch.long, device=device)
+            self.new_tokens = torch.zeros(1, dtype=torch.long, device=device)
+            self.rope_delta = torch.zeros(1, 1, dtype=torch.long, device=device)
+            self.logits = torch.zeros(1, talker.config.vocab_size, dtype=torch.float32, device=device)
+            # what the host reads after a frame: its 16 codes, then the next codebook 0
+            self.out = torch.zeros(groups + 1, dtype=torch.long, device=device)
+
+    def start(self, sampler: TokenSampler, predictor_sampler: TokenSampler) -> None:
+        self.sampler, self.predictor_sampler = sampler, predictor_sampler
+        sampler.reset()
+        predictor_sampler.reset()
 
     @torch.inference_mode()
     def prefill(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed) -> torch.Tensor:
-        """The official talker forward over the prompt (it also sets the talker's rope deltas); returns the
-        logits of the first codebook 0 and leaves the hidden state in `past_hidden`."""
+        """The official talker forward over the prompt (it also sets the talker's rope deltas); chooses the
+        first codebook 0 into `token`, sets the positions, leaves the hidden state in `past_hidden`, and
+        returns the token."""
         self.talker_cache.reset()
         length = inputs_embeds.shape[1]
         out = self.talker(
@@ -144,12 +172,21 @@ class FrameSteps:
         )
         self.past_hidden.copy_(out.past_hidden)
         self.rope_delta.copy_(self.talker.rope_deltas.reshape(1, 1))
-        return out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        self.token.copy_(self.sampler(out.logits[:, -1, :].to(copy=True, dtype=torch.float32), new_tokens=0))
+        self.position.fill_(length)
+        self.new_tokens.fill_(1)
+        return self.token
+
+    @torch.inference_mode()
+    def frame(self) -> None:
+        """One frame: `predict_codes`, then `talker_step` (what a captured graph replays)."""
+        self.predict_codes()
+        self.talker_step()
 
     @torch.inference_mode()
     def predict_codes(self) -> None:
-        """token, past_hidden -> codes, codes_embedding (the code predictor's 15 steps, as in the talker's
-        official forward)."""
+        """token, past_hidden -> out[:16] (the frame's codes), codes_embedding: the code predictor's 15 steps,
+        as in the talker's official forward."""
         predictor, sampler = self.predictor, self.predictor_sampler
         self.predictor_cache.reset()
         first = self.talker.get_input_embeddings()(self.token)
@@ -172,15 +209,16 @@ class FrameSteps:
             codes.append(sampler(out.logits[:, -1, :].to(copy=True, dtype=torch.float32)))
         embeddings = predictor.get_input_embeddings()
         hiddens = torch.cat([first] + [embeddings[i](code) for i, code in enumerate(codes)], dim=1)
-        self.codes.copy_(torch.cat([self.token] + codes, dim=1))
+        self.out[:-1].copy_(torch.cat([self.token] + codes, dim=1)[0])
         self.codes_embedding.copy_(hiddens.sum(1, keepdim=True))
 
     @torch.inference_mode()
     def talker_step(self) -> None:
-        """step_embeds, position -> logits, past_hidden (one talker forward at `position`)."""
+        """codes_embedding + text at `position` -> past_hidden, logits, and the next codebook 0 into `token` and
+        out[16]; the positions move on by one."""
         position_ids = (self.position + self.rope_delta).view(1, 1, 1).expand(3, 1, 1)
         out = self.talker.model(
-            inputs_embeds=self.step_embeds,
+            inputs_embeds=self.codes_embedding + self.text,
             position_ids=position_ids,
             past_key_values=self.talker_cache,
             cache_position=self.position,
@@ -189,18 +227,37 @@ class FrameSteps:
         hidden = out.last_hidden_state
         self.logits.copy_(self.talker.codec_head(hidden)[:, -1, :])
         self.past_hidden.copy_(hidden[:, -1:, :])
+        token = self.sampler(self.logits, new_tokens=self.new_tokens)
+        self.token.copy_(token)
+        self.out[-1:].copy_(token[0])
+        self.position.add_(1)
+        self.new_tokens.add_(1)
+
+    @torch.inference_mode()
+    def reset(self) -> None:
+        """Empty the caches and buffers in place (after a capture, whose warm-up runs wrote into them)."""
+        self.talker_cache.reset()
+        self.predictor_cache.reset()
+        for buffer in (self.token, self.past_hidden, self.codes_embedding, self.text, self.position):
+            buffer.zero_()
+        for buffer in (self.new_tokens, self.rope_delta, self.logits, self.out):
+            buffer.zero_()
+        for sampler in (self.sampler, self.predictor_sampler):
+            if sampler is not None:
+                sampler.reset()
 
 
 class StepLoop:
-    """`talker.generate`'s frames, one at a time, from `FrameSteps` (eager, or replayed CUDA graphs)."""
+    """`talker.generate`'s frames, one at a time, from `FrameSteps` (eager, or a replayed graph)."""
 
     def __init__(self, talker, steps: Optional[FrameSteps] = None, graphs=None) -> None:
-        """steps: kept across sentences, with a talker cache of fixed length (what CUDA graphs need); None
-        makes steps with a cache of the right length for each sentence. graphs: a `cuda_graphs.FrameGraphs`
-        over `steps`, or None."""
+        """steps: kept across sentences, with a talker cache of fixed length (what graphs need); None makes
+        steps with a cache of the right length for each sentence. graphs: a `frame_graphs.FrameGraphs` over
+        `steps`, or None."""
         self.talker = talker
         self.fixed = steps
         self.graphs = graphs
+        self.graphed_sentences = 0  # sentences that replayed the graphs (for logs and tests)
 
     def frames(
         self,
@@ -223,44 +280,43 @@ class StepLoop:
         subtalker_temperature=None,
         **_ignored,
     ) -> Iterator[torch.Tensor]:
-        """Yields each frame's 16 codes (on the model's device) as the official `talker.generate` with these
-        arguments would produce them: at most `max_new_tokens - 1`, none after end-of-speech."""
+        """Yields each frame's 16 codes (on the host) as the official `talker.generate` with these arguments
+        would produce them: at most `max_new_tokens - 1`, none after end-of-speech."""
         if inputs_embeds.shape[0] != 1:
             raise ValueError("the step loop generates one sequence at a time")
         config = self.talker.config
         device = inputs_embeds.device
         length = inputs_embeds.shape[1]
-        steps, graphs = self.fixed, self.graphs
-        if steps is None or length + max_new_tokens > steps.capacity:
-            steps, graphs = FrameSteps(self.talker, length + max_new_tokens), None
         sampler = TokenSampler(
             config.vocab_size, device, do_sample, top_k, top_p, temperature, repetition_penalty,
             suppress_tokens, eos_token_id, min_new_tokens,
         )  # fmt: skip
-        steps.predictor_sampler = TokenSampler(
+        predictor_sampler = TokenSampler(
             config.code_predictor_config.vocab_size, device, subtalker_dosample,
             subtalker_top_k, subtalker_top_p, subtalker_temperature,
         )  # fmt: skip
-        if graphs is not None and not graphs.usable_with(steps.predictor_sampler):
-            graphs = None
-        if graphs is not None:
-            steps.predictor_sampler = graphs.sampler  # the one whose buffers the graph reads
-        predict_codes = graphs.predict_codes if graphs is not None else steps.predict_codes
-        talker_step = graphs.talker_step if graphs is not None else steps.talker_step
-
-        token = sampler(steps.prefill(inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed))
+        steps, frame = self._steps_for(length + max_new_tokens, sampler, predictor_sampler)
+        token = int(steps.prefill(inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed))
         text_frames = trailing_text_hidden.shape[1]
         for index in range(max_new_tokens - 1):
-            if int(token) == eos_token_id:  # the one host read of a frame
+            if token == eos_token_id:
                 return
-            steps.token.copy_(token)
-            predict_codes()
-            yield steps.codes[0].clone()
-            if index == max_new_tokens - 2:  # the official loop would sample one more token and drop it
-                return
-            text = trailing_text_hidden[:, index].unsqueeze(1) if index < text_frames else tts_pad_embed
             with torch.inference_mode():
-                steps.step_embeds.copy_(steps.codes_embedding + text)
-                steps.position.fill_(length + index)
-            talker_step()
-            token = sampler(steps.logits, new_tokens=index + 1)
+                steps.text.copy_(trailing_text_hidden[:, index : index + 1] if index < text_frames else tts_pad_embed)
+            frame()
+            out = steps.out.tolist()  # the one host read of a frame
+            yield torch.tensor(out[:-1])
+            token = out[-1]
+
+    def _steps_for(self, positions: int, sampler: TokenSampler, predictor_sampler: TokenSampler):
+        """The steps and the frame callable for a sentence needing `positions` talker positions: the graphs
+        when they fit it (cache length, sampling settings), else the same steps eagerly."""
+        graphs, steps = self.graphs, self.fixed
+        if graphs is not None and graphs.usable_with(positions, sampler, predictor_sampler):
+            graphs.steps.start(graphs.sampler, graphs.predictor_sampler)  # the samplers the graphs read
+            self.graphed_sentences += 1
+            return graphs.steps, graphs.frame
+        if steps is None or positions > steps.capacity or steps is getattr(graphs, "steps", None):
+            steps = FrameSteps(self.talker, positions)
+        steps.start(sampler, predictor_sampler)
+        return steps, steps.frame
