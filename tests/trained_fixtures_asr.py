@@ -38,6 +38,8 @@ class ScriptedModel:
         self._assistant = len(tokenizer.encode("assistant\n", add_special_tokens=False))
         self._generate = engine.model.generate
         engine.model.generate = self._scripted
+        # forcing tokens needs generate's logits processors: the static-cache loop (CUDA) steps aside
+        self._loop, engine.loop = engine.loop, None
 
     def _prompt_end(self, ids: List[int]) -> int:
         last = len(ids) - 1 - ids[::-1].index(self._im_start)
@@ -56,7 +58,8 @@ class ScriptedModel:
 
         inputs.setdefault("logits_processor", []).append(force)
         # the tiny vocabulary's end of turn; real checkpoints use Qwen's ids (the model's default)
-        out = self._generate(**inputs, eos_token_id=[self.eos_id])
+        inputs["eos_token_id"] = [self.eos_id]
+        out = self._generate(**inputs)
         sequence = out.sequences[0].tolist()
         call = GenerateCall(
             prefix=len(ids) - start,
@@ -71,6 +74,7 @@ class ScriptedModel:
 
     def restore(self) -> None:
         self.engine.model.generate = self._generate
+        self.engine.loop = self._loop
 
 
 def natural_script(engine, text: str, header: str = "language English<asr_text>") -> Callable[[int], int]:

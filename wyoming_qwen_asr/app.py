@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional
 
 from wyoming.event import Event
 
 from shared.connection import WRITE_TIMEOUT
+from shared.devices import wants_cuda
 from shared.languages import ASR_LANGUAGES
 from shared.model_manager import ModelManager
 from shared.server import model_loader, new_manager
@@ -49,7 +51,8 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     """Build the app without loading anything: the model loads on first use (or `--preload`)."""
     model = choose_model(args.model, args.device)
     manager = manager or new_manager(args)
-    manager.register(MODEL_KEY, model_loader(model, args, _load_engine), args.idle_unload)
+    loader = model_loader(model, args, partial(_load_engine, args.cuda_graphs))
+    manager.register(MODEL_KEY, loader, args.idle_unload, warm_after_load=wants_cuda(args.device))
     return AsrApp(
         describe=describer(args),
         manager=manager,
@@ -62,7 +65,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(path, device, dtype, quantize):
+def _load_engine(cuda_graphs: bool, path, device, dtype, quantize):
     from .engine import AsrEngine
 
-    return AsrEngine.load(path, device, dtype, quantize=quantize)
+    return AsrEngine.load(path, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs)

@@ -8,30 +8,48 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from shared.inference import heartbeat
 
+from .decode_loop import CAPACITIES, DecodeLoop, official_choice_problem, official_eos_ids
 from .model_io import SAMPLE_RATE, TOKEN_MARGIN
 from .streaming import MAX_REPEAT_PATTERN, REPEAT_THRESHOLD, loops_at_end
 
+if TYPE_CHECKING:
+    from shared.graphs import GraphRuntime
+
 _LOGGER = logging.getLogger(__name__)
+
+# a loop spans at most REPEAT_THRESHOLD * MAX_REPEAT_PATTERN characters, so at most as many tokens
+LOOP_WINDOW = REPEAT_THRESHOLD * MAX_REPEAT_PATTERN
 
 
 class AsrEngine:
     """A loaded Qwen3-ASR model (`qwen_asr.Qwen3ASRModel`) plus the few calls the server needs."""
 
-    def __init__(self, asr) -> None:
+    def __init__(
+        self,
+        asr,
+        graphs: Optional["GraphRuntime"] = None,
+        static_loop: bool = False,
+        capacities: Optional[Sequence[int]] = CAPACITIES,
+    ) -> None:
+        """graphs: decode on the static-cache loop, its step captured now by this runtime
+        (`shared.graphs.runtime_for(device)`: CUDA graphs, or the strict stand-in anywhere); static_loop:
+        the same loop, run eagerly. Neither: the official `generate`. capacities: the loop's resident caches
+        in positions; None (eager only) gives each request a cache of its own size."""
         self.asr = asr
         self.model = asr.model
         self.processor = asr.processor
         self.tokenizer = asr.processor.tokenizer
         self.device = asr.device
         self.dtype = asr.dtype
-        self._special_ids = set(self.tokenizer.all_special_ids) | {151643, 151645}
+        self.eos_ids = official_eos_ids()
+        self._special_ids = set(self.tokenizer.all_special_ids) | set(self.eos_ids)
         keep_last_logits_only(self.model.thinker)
         tower = self.model.thinker.audio_tower
         self.windowed_encoder = apply_encoder_windows(tower)
@@ -41,14 +59,25 @@ class AsrEngine:
             from .encoder_cache import EncoderCache
 
             self.encoder_cache = EncoderCache(tower)
+        self.loop: Optional[DecodeLoop] = None
+        if graphs is not None or static_loop:
+            self.loop = self.decode_loop(graphs, capacities)
 
     @classmethod
     def load(
-        cls, path: Path, device: str, dtype, attention: Optional[str] = None, quantize: str = "none"
+        cls,
+        path: Path,
+        device: str,
+        dtype,
+        attention: Optional[str] = None,
+        quantize: str = "none",
+        cuda_graphs: bool = True,
     ) -> "AsrEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the language model's linear layers and its output head in int8 (the audio encoder
-        and the embeddings stay float; see shared/quantize.py)."""
+        and the embeddings stay float; see shared/quantize.py). cuda_graphs: on a CUDA device, decode on
+        the static-cache loop with its step captured as a CUDA graph now; elsewhere the official generate
+        stays (measured faster on a CPU, see `decode_loop`)."""
         from qwen_asr import Qwen3ASRModel
 
         from shared.devices import load_pretrained
@@ -63,7 +92,23 @@ class AsrEngine:
             thinker = asr.model.thinker
             what = "the ASR language model and its head"
             quantize_int8([thinker.model], what, heads=[(thinker, "lm_head")], cache=cache_file(path))
-        return cls(asr)
+        graphs = None
+        if cuda_graphs and str(device).startswith("cuda"):
+            from shared.graphs import runtime_for
+
+            graphs = runtime_for(device)
+        return cls(asr, graphs=graphs)
+
+    def decode_loop(self, graphs: Optional["GraphRuntime"] = None, capacities: Optional[Sequence[int]] = CAPACITIES):
+        """A static-cache decode loop on this model, or None (logged) where it would not choose the
+        official generate's tokens."""
+        thinker = self.model.thinker
+        problem = official_choice_problem(thinker, self.eos_ids)
+        if problem:
+            _LOGGER.warning("Decoding with the official generate: %s, which the static-cache loop does not", problem)
+            return None
+        attend_over_static_cache(thinker)
+        return DecodeLoop(thinker, self.eos_ids, capacities, graphs)
 
     # -- prompts --------------------------------------------------------------------------------
 
@@ -105,42 +150,71 @@ class AsrEngine:
                 dim=1,
             )
         inputs = inputs.to(self.device).to(self.dtype)
-        kwargs = {"stopping_criteria": self.stopping_criteria(n_prompt, should_stop)}
-        n_in = inputs["input_ids"].shape[1]
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max(1, max_new_tokens), **kwargs)
-        generated = out.sequences[0, n_in:].tolist()
+        max_new_tokens = max(1, max_new_tokens)
+        if self.loop is not None:
+            prefix = list(prefix_ids)[-LOOP_WINDOW:]
+            check = self.token_check(should_stop)
+            generated = self.loop.generate(inputs, max_new_tokens, lambda new: check((prefix + new)[-LOOP_WINDOW:]))
+        else:
+            generated = self._official_generate(inputs, n_prompt, max_new_tokens, should_stop)
         while generated and generated[-1] in self._special_ids:
             generated.pop()
         return generated
 
-    def stopping_criteria(self, n_prompt: int, should_stop: Optional[Callable[[], bool]] = None):
-        """Stop between two tokens on `should_stop()`, or once the output (prefix included) ends in a loop.
+    def _official_generate(self, inputs, n_prompt: int, max_new_tokens: int, should_stop) -> List[int]:
+        n_in = inputs["input_ids"].shape[1]
+        kwargs = {"stopping_criteria": self.stopping_criteria(n_prompt, should_stop), "eos_token_id": self.eos_ids}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
+        return out.sequences[0, n_in:].tolist()
+
+    def token_check(self, should_stop: Optional[Callable[[], bool]] = None) -> Callable[[List[int]], bool]:
+        """What to check after each new token: stop on `should_stop()`, or once the output (prefix included)
+        ends in a loop. The check takes the output's last LOOP_WINDOW ids.
 
         Called once per generated token, so it also beats the inference thread's heartbeat: a decode
         of minutes shows progress to the health probe, a stuck one does not.
 
         A trained model can fall into repeating a phrase until the output cap; the official transcript
         keeps one copy of such a loop (`detect_and_fix_repetitions`), so decoding further only costs time.
-        The flags are created on `input_ids`'s device: transformers ORs them with its own on that device.
         """
+
+        def check(tail: List[int]) -> bool:
+            heartbeat()
+            if should_stop is not None and bool(should_stop()):
+                return True
+            if loops_at_end(self.text(tail)):
+                _LOGGER.debug("Output loops; decoding stopped")
+                return True
+            return False
+
+        return check
+
+    def stopping_criteria(self, n_prompt: int, should_stop: Optional[Callable[[], bool]] = None):
+        """`token_check` as a stopping criterion of the official generate. The flags are created on
+        `input_ids`'s device: transformers ORs them with its own on that device."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        engine = self
+        check = self.token_check(should_stop)
 
         class _Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **_kw):
-                heartbeat()
-                stop = should_stop is not None and bool(should_stop())
-                if not stop:
-                    # a loop spans at most REPEAT_THRESHOLD * MAX_REPEAT_PATTERN characters
-                    start = max(n_prompt, input_ids.shape[1] - REPEAT_THRESHOLD * MAX_REPEAT_PATTERN)
-                    stop = loops_at_end(engine.text(input_ids[0, start:].tolist()))
-                    if stop:
-                        _LOGGER.debug("Output loops; decoding stopped after %d tokens", input_ids.shape[1] - n_prompt)
+                start = max(n_prompt, input_ids.shape[1] - LOOP_WINDOW)
+                stop = check(input_ids[0, start:].tolist())
                 return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([_Stop()])
+
+
+def attend_over_static_cache(thinker) -> None:
+    """The loop's step hands the language model an sdpa mask over the static cache. Flash-attention takes
+    no such mask (and checks its own on the host), so the language model attends with sdpa; the audio
+    encoder keeps its own attention."""
+    text_model = thinker.model
+    current = text_model.config._attn_implementation
+    if current != "sdpa":
+        _LOGGER.info("The ASR language model attends with sdpa instead of %s for the static cache", current)
+        text_model.set_attn_implementation("sdpa")
 
 
 def pad_to_minimum(audio: np.ndarray) -> np.ndarray:
