@@ -141,19 +141,22 @@ async def test_describe_answered_while_model_loads(start_asr, monkeypatch):
         assert events[-1].type == "transcript-stop"
 
 
+async def speak_then_collect(client, seconds: float) -> list:
+    """Send an English utterance at real-time pace without audio-stop; return what arrived while it was spoken."""
+    await client.write_event(Transcribe(language="en").event())
+    await send_audio(client, speechlike(seconds), realtime=True, stop=False)
+    arrived = []
+    while True:
+        try:
+            arrived.append(await asyncio.wait_for(client.read_event(), timeout=0.05))
+        except asyncio.TimeoutError:
+            return arrived
+
+
 async def test_streams_chunks_before_audio_stop_and_they_add_up(start_asr):
     server = await start_asr("--chunk-seconds", "0.5")
     async with server.client() as client:
-        await client.write_event(Transcribe(language="en").event())
-        await send_audio(client, speechlike(3.0), realtime=True, stop=False)
-        # everything that arrived while the audio was still being "spoken"
-        before_stop = []
-        while True:
-            try:
-                event = await asyncio.wait_for(client.read_event(), timeout=0.05)
-            except asyncio.TimeoutError:
-                break
-            before_stop.append(event)
+        before_stop = await speak_then_collect(client, 3.0)
         await client.write_event(AudioStop().event())
         after_stop = await read_until(client, "transcript-stop")
     events = before_stop + after_stop
@@ -386,14 +389,7 @@ async def test_partials_and_caps_hold_on_the_graphed_decode_loop(start_asr):
     engine.loop = await server.app.manager.run("asr", lambda engine: engine.decode_loop(EagerGraphs()))
     spy = PromptSpy(engine)
     async with server.client() as client:
-        await client.write_event(Transcribe(language="en").event())
-        await send_audio(client, speechlike(3.0), realtime=True, stop=False)
-        before_stop = []
-        while True:
-            try:
-                before_stop.append(await asyncio.wait_for(client.read_event(), timeout=0.05))
-            except asyncio.TimeoutError:
-                break
+        before_stop = await speak_then_collect(client, 3.0)
         await client.write_event(AudioStop().event())
         events = before_stop + await read_until(client, "transcript-stop")
     # at least one partial before audio-stop even on a busy CI machine (the official path's test asks for two)
