@@ -263,6 +263,28 @@ def test_an_engine_streams_through_the_graph(tts):
     assert loop.graphed_sentences == 1
 
 
+def test_a_graphed_engine_warms_every_decoder_length_a_sentence_uses(tts, monkeypatch):
+    """With graphs (a GPU) the warm-up also decodes each chunk length of the schedule, from a cold and from a
+    primed context (a cloned voice): each new length costs a GPU a one-time plan of about 0.1 s."""
+    from wyoming_qwen_tts.engine import TtsEngine, chunk_schedule
+    from wyoming_qwen_tts.incremental_decoder import IncrementalDecoder
+
+    pushed = []
+    original = IncrementalDecoder.push
+
+    def push(self, codes, pad_to=0):
+        pushed.append(len(codes))
+        return original(self, codes, pad_to)
+
+    monkeypatch.setattr(IncrementalDecoder, "push", push)
+    engine = TtsEngine(tts, "tiny", step_loop=graphed_step_loop(tts, runtime=EagerGraphs(), capacity=64))
+    assert engine.default_first_chunk_frames == 1
+    engine.warm_up()
+    schedule = chunk_schedule(1)
+    assert pushed[2:] == [*schedule, schedule[-1]] * 2  # after the two generated frames, one push each
+    assert TtsEngine(tts, "tiny").default_first_chunk_frames == 2
+
+
 def test_the_options_turn_cuda_graphs_off(monkeypatch):
     from wyoming_qwen_asr.options import parse_args as asr_args
     from wyoming_qwen_tts.options import parse_args as tts_args
