@@ -91,18 +91,17 @@ def checkpoint_samplers(tts, device):
     arguments the official wrapper passes to `talker.generate` (suppressed control tokens, at least 2 new)."""
     talker = tts.model.talker
     config = talker.config
-    defaults = getattr(tts, "generate_defaults", None) or {}
+    # the wrapper's own merge of its hard defaults with the checkpoint's generate_config.json
+    defaults = tts._merge_generate_kwargs()
     eos = config.codec_eos_token_id
     suppressed = [i for i in range(config.vocab_size - 1024, config.vocab_size) if i != eos]
     sampler = TokenSampler(
-        config.vocab_size, device, defaults.get("do_sample", True), defaults.get("top_k", 50),
-        defaults.get("top_p", 1.0), defaults.get("temperature", 0.9), defaults.get("repetition_penalty", 1.05),
-        suppressed, eos, 2,
+        config.vocab_size, device, defaults["do_sample"], defaults["top_k"], defaults["top_p"],
+        defaults["temperature"], defaults["repetition_penalty"], suppressed, eos, 2,
     )  # fmt: skip
     predictor_sampler = TokenSampler(
-        config.code_predictor_config.vocab_size, device, defaults.get("subtalker_dosample", True),
-        defaults.get("subtalker_top_k", 50), defaults.get("subtalker_top_p", 1.0),
-        defaults.get("subtalker_temperature", 0.9),
+        config.code_predictor_config.vocab_size, device, defaults["subtalker_dosample"],
+        defaults["subtalker_top_k"], defaults["subtalker_top_p"], defaults["subtalker_temperature"],
     )  # fmt: skip
     return sampler, predictor_sampler
 

@@ -238,9 +238,8 @@ class FrameSteps:
         """Empty the caches and buffers in place (after a capture, whose warm-up runs wrote into them)."""
         self.talker_cache.reset()
         self.predictor_cache.reset()
-        for buffer in (self.token, self.past_hidden, self.codes_embedding, self.text, self.position):
-            buffer.zero_()
-        for buffer in (self.new_tokens, self.rope_delta, self.logits, self.out):
+        buffers = (self.token, self.past_hidden, self.codes_embedding, self.text, self.position, self.new_tokens)
+        for buffer in (*buffers, self.rope_delta, self.logits, self.out):
             buffer.zero_()
         for sampler in (self.sampler, self.predictor_sampler):
             if sampler is not None:
