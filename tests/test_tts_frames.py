@@ -164,7 +164,7 @@ def engine_of(server, key="custom-voice"):
 
 @pytest.mark.asyncio
 async def test_first_audio_arrives_while_later_frames_are_generated(start_tts):
-    from wyoming_qwen_tts.engine import max_frames_for
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, max_frames_for
 
     server = await start_tts("--first-chunk-frames", "1")
     async with server.client() as client:
@@ -172,8 +172,10 @@ async def test_first_audio_arrives_while_later_frames_are_generated(start_tts):
         events = await read_until(client, "audio-chunk", timeout=60)
         progress_at_first_audio = engine_of(server).frames_generated
         events += await read_until(client, "audio-stop", timeout=120)
-    total = max_frames_for(LONG_SENTENCE)
-    assert engine_of(server).frames_generated == total  # random weights run to the cap
+    # random weights mostly run to the cap, but sampling may draw end-of-speech early: count from the audio
+    total = sum(len(e.payload or b"") for e in events if e.type == "audio-chunk") // 2 // FRAME_SAMPLES
+    assert engine_of(server).frames_generated == total <= max_frames_for(LONG_SENTENCE)
+    assert total >= 20, total
     assert progress_at_first_audio < total / 2, (progress_at_first_audio, total)
     assert len([e for e in events if e.type == "audio-chunk"]) > 5
 
