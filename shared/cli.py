@@ -130,6 +130,20 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "at load time (slower; for debugging). No effect on a CPU",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="Threads the models compute with on a CPU (0: every CPU this process may use, cgroup quota included)",
+    )
+    parser.add_argument(
+        "--cpu-wait",
+        default="passive",
+        choices=["passive", "active"],
+        help="What compute threads do while they wait for each other: passive sleeps at once and keeps a busy "
+        "machine usable; active spins first, slightly faster only where no other process wants the cores "
+        "(see the README's CPU figures)",
+    )
+    parser.add_argument(
         "--idle-unload",
         type=float,
         default=300.0,

@@ -54,6 +54,11 @@ def main(kind: ServerKind, argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = kind.parse_args(argv)
     setup_logging(args)
+    from .cpu_threads import apply as apply_cpu_threads
+
+    threads = apply_cpu_threads(args.threads, args.cpu_wait)
+    if args.worker_of is None:
+        _LOGGER.debug("CPU compute: %d threads, %s wait", threads, args.cpu_wait)
     if args.worker_of is None:  # a worker's gateway has checked already
         from .cpu_check import check_cpu
 

@@ -57,6 +57,7 @@ COMMON_OPTION_FLAGS = {
     "custom_model": "--model",
     "language": "--language",
     "idle_unload": "--idle-unload",
+    "threads": "--threads",
     "preload": "--preload",
     "debug_logging": "--debug",
 }
@@ -210,6 +211,9 @@ def test_options_defaults_fit_the_schema(kind):
     assert _schema_accepts(cfg["schema"]["idle_unload"], -1)
     assert not _schema_accepts(cfg["schema"]["idle_unload"], -2)
     assert cfg["options"]["preload"] is False and cfg["options"]["debug_logging"] is False
+    assert cfg["options"]["threads"] == 0
+    assert _schema_accepts(cfg["schema"]["threads"], 4)
+    assert not _schema_accepts(cfg["schema"]["threads"], -1)
     if kind == "tts":
         assert cfg["options"]["voice"] == "ryan"
 
@@ -489,7 +493,7 @@ def run_server_script(fake_bashio, app: App, **overrides):
 
 def test_asr_run_defaults(fake_bashio):
     argv, _ = run_server_script(fake_bashio, APPS["asr"])
-    assert argv == [*APPS["asr"].fixed_argv, "--model", "Qwen/Qwen3-ASR-0.6B", "--idle-unload", "300"]
+    assert argv == [*APPS["asr"].fixed_argv, "--model", "Qwen/Qwen3-ASR-0.6B", "--idle-unload", "300", "--threads", "0"]
 
 
 def test_asr_run_all_options(fake_bashio):
@@ -499,6 +503,7 @@ def test_asr_run_all_options(fake_bashio):
         model="Qwen/Qwen3-ASR-1.7B",
         language="de",
         idle_unload=-1,
+        threads=2,
         preload=True,
         debug_logging=True,
     )
@@ -508,6 +513,8 @@ def test_asr_run_all_options(fake_bashio):
         "Qwen/Qwen3-ASR-1.7B",
         "--idle-unload",
         "-1",
+        "--threads",
+        "2",
         "--language",
         "de",
         "--preload",
@@ -542,6 +549,8 @@ def test_tts_run_defaults(fake_bashio):
         "/config/voices",
         "--idle-unload",
         "300",
+        "--threads",
+        "0",
         "--voice",
         "ryan",
     ]
@@ -560,6 +569,8 @@ def test_tts_run_voice_language_and_switches(fake_bashio):
         "/config/voices",
         "--idle-unload",
         "60",
+        "--threads",
+        "0",
         "--voice",
         "grandma",
         "--language",

@@ -272,3 +272,17 @@ def test_worker_command_ignores_the_working_directory_and_pythonpath(tmp_path):
     from shared import __version__
 
     assert result.stdout.strip() == __version__
+
+
+async def test_the_worker_computes_with_the_thread_settings_it_was_given(server_process, asr_model_dir):
+    """--threads and --cpu-wait reach the worker's environment, where OpenMP reads them when torch loads."""
+    server = await server_process(
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--threads", "1", "--cpu-wait", "passive"
+    )
+    events = await transcribe(server)
+    assert events[-1].type == "transcript-stop", server.log()[-3000:]
+    (worker,) = server.children()
+    environ = dict(
+        item.split("=", 1) for item in Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in item
+    )
+    assert (environ["OMP_NUM_THREADS"], environ["OMP_WAIT_POLICY"], environ["GOMP_SPINCOUNT"]) == ("1", "PASSIVE", "0")
