@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 
@@ -168,6 +169,50 @@ async def test_streams_chunks_before_audio_stop_and_they_add_up(start_asr):
     (final,) = texts(events, "transcript")
     assert final and "".join(texts(events, "transcript-chunk")) == final
     assert [e.data.get("language") for e in events if e.type == "transcript"] == ["en"]
+
+
+async def test_audio_sent_at_once_is_decoded_once_after_audio_stop(start_asr):
+    """A recorded file arrives faster than it was spoken: no streaming step starts over part of it (its
+    mel features, encoder and prefill could not be cut short, and would delay the final transcript)."""
+    server = await start_asr("--chunk-seconds", "0.5")
+    spy = PromptSpy(server.app.manager.loaded("asr"))
+    pcm = speechlike(3.0, seed=3)
+    step = 1600 * 2  # 0.1 s
+    try:
+        async with server.client() as client:
+            await client.write_event(Transcribe(language="en").event())
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            for i in range(0, len(pcm), step):  # 20 times faster than spoken, with room for a step to start
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[i : i + step]).event())
+                await asyncio.sleep(0.005)
+            await client.write_event(AudioStop().event())
+            events = await read_until(client, "transcript-stop", "error")
+    finally:
+        spy.restore()
+    assert [e.type for e in events][-2:] == ["transcript", "transcript-stop"]
+    assert spy.audio_samples == [len(pcm) // 2], "a step decoded part of a burst"
+
+
+async def test_a_burst_then_real_time_audio_streams_partials(start_asr):
+    """A satellite's buffered start (a second of audio at once), then speech at real-time pace: the burst
+    puts steps off only while it lasts."""
+    server = await start_asr("--chunk-seconds", "0.5")
+    pcm = speechlike(3.5, seed=4)
+    step = 1600 * 2  # 0.1 s
+    async with server.client() as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        for i in range(0, len(pcm), step):
+            await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[i : i + step]).event())
+            if i >= 16000 * 2:  # after the first second
+                await asyncio.sleep(0.1)
+        arrived = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while True:
+                arrived.append(await asyncio.wait_for(client.read_event(), timeout=0.05))
+        await client.write_event(AudioStop().event())
+        await read_until(client, "transcript-stop")
+    assert any(e.type == "transcript-chunk" for e in arrived), [e.type for e in arrived]
 
 
 async def test_converts_44k_stereo_to_16k_mono(start_asr):

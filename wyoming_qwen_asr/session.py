@@ -4,11 +4,16 @@ A step task runs a decode step whenever `chunk_seconds` of new audio has arrived
 so far; a step that is slower than real time simply finds more audio next time, so no backlog builds.
 Newly committed text goes to `on_text` at once. `finish()` aborts a running step and runs the one
 final step over all audio.
+
+Audio that arrives faster than it is spoken (a recorded file, a satellite's buffered burst) starts no
+step: its `audio-stop` is moments away, a step over part of it would be thrown away, and the part of a
+step that cannot be cut short (mel features, encoder, prefill) would only delay the final transcript.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +35,10 @@ _LOGGER = logging.getLogger(__name__)
 # Streaming steps re-decode all audio so far, so they stop past this length; the rest of a longer
 # utterance is decoded once at audio-stop (split as the official transcribe does past 20 minutes).
 STREAM_WINDOW_SECONDS = 30.0
+# Audio that runs more than BURST_LEAD seconds ahead of the clock within BURST_WINDOW seconds is a burst
+# (real-time chunks of up to about BURST_LEAD seconds are not); steps wait until it has passed
+BURST_WINDOW = 0.5
+BURST_LEAD = 0.25
 
 
 @dataclass
@@ -115,6 +124,8 @@ class StreamingSession:
         self._prompt: Optional[str] = None
         self._last_output: Optional[tuple] = None  # (samples, full raw output) of the last step
         self._inflight_samples = -1
+        self._arrivals: collections.deque = collections.deque()  # (monotonic time, samples so far)
+        self.deferred_for_burst = 0  # steps put off while audio arrived in a burst (for logs and tests)
         self._step_task = asyncio.create_task(self._step_loop(), name="asr steps")
         self.steps = 0
 
@@ -125,7 +136,25 @@ class StreamingSession:
     def add_audio(self, pcm16: bytes) -> None:
         """16 kHz mono signed 16-bit audio, whole samples."""
         self._pcm.extend(pcm16)
+        now = time.monotonic()
+        self._arrivals.append((now, self._pcm.samples))
+        while len(self._arrivals) > 1 and self._arrivals[1][0] <= now - BURST_WINDOW:
+            self._arrivals.popleft()
         self._new_audio.set()
+
+    def _in_burst(self) -> bool:
+        """The audio is running ahead of the clock: over the last BURST_WINDOW seconds (or since the first
+        audio), more than BURST_LEAD seconds of audio arrived beyond the time that passed."""
+        now = time.monotonic()
+        cutoff = now - BURST_WINDOW
+        before, since = 0, None  # samples that arrived before the window, and when the window starts
+        for arrived, samples in self._arrivals:
+            if arrived > cutoff:
+                break
+            before, since = samples, cutoff
+        if since is None:
+            since = self._arrivals[0][0] if self._arrivals else now
+        return (self.samples - before) / SAMPLE_RATE - (now - since) > BURST_LEAD
 
     async def finish(self) -> Result:
         """Decode the whole utterance once more and return the final transcript."""
@@ -191,6 +220,11 @@ class StreamingSession:
                 return
             samples = self.samples
             if samples > self._window_samples or samples - self._decoded_samples < self._chunk_samples:
+                continue
+            if self._in_burst():
+                self.deferred_for_burst += 1
+                await asyncio.sleep(BURST_WINDOW / 3)
+                self._new_audio.set()  # look again, with whatever arrived meanwhile
                 continue
             started = time.monotonic()
             self._inflight_samples = samples
