@@ -1,12 +1,15 @@
 """`--threads` and `--cpu-wait`: how many threads the models compute with on a CPU, and what those threads do
 while they wait for each other.
 
-PyTorch's CPU kernels run on an OpenMP pool. By default its threads spin at every barrier before they
-sleep. That is the fastest choice on an idle machine and the worst on a busy one: when another
-multi-threaded process (our own other server, a second model, a backup job) holds one of the cores, a
-spinning thread burns the time slice its partner needs, and every operator waits for the slowest thread.
-Measured on 2 cores beside a 2-thread neighbour, a TTS frame took 5.5 s spinning and 1.3 s with the
-threads sleeping at once; `script/bench cpu-load` prints the quiet and loaded figures of both side by side.
+PyTorch's CPU kernels run on an OpenMP pool. By default its threads spin at every barrier (libgomp:
+300,000 turns; 30 billion with OMP_WAIT_POLICY=active) before they sleep. That is the fastest choice on
+an idle machine and the worst on a busy one: when another multi-threaded process (our own other server,
+a second model, a backup job) holds one of the cores, a spinning thread burns the time slice its
+partner needs, and every operator waits for the slowest thread. Measured on 2 cores at the real 0.6B
+shape (`script/bench cpu-load`): beside a 2-thread neighbour a TTS frame took 5.5 s spinning, 1.3 s with
+threads that sleep at once (`passive`) and 1.2 s with a brief spin of 10,000 turns (`brief`, the
+default); on the idle machine `brief` costs nothing against `active` (384 against 380 ms a frame),
+while `passive` costs 1.19x.
 
 Both settings reach OpenMP through the environment, which it reads once when PyTorch is first imported,
 so `apply` runs before any import of torch, in the process the user starts; a worker process inherits
@@ -22,7 +25,8 @@ from typing import Optional
 
 _LOGGER = logging.getLogger(__name__)
 
-WAIT_POLICIES = ("passive", "active")
+WAIT_POLICIES = ("brief", "passive", "active")
+BRIEF_SPINS = "10000"  # libgomp turns before a waiting thread sleeps: some microseconds
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -68,10 +72,14 @@ def apply(threads: int, wait_policy: str, environ=os.environ) -> int:
     count = threads or usable_cpus()
     for name in THREAD_VARIABLES:
         environ[name] = str(count)
-    environ["OMP_WAIT_POLICY"] = wait_policy.upper()
-    if wait_policy == "passive":
-        # libgomp (PyTorch's OpenMP on Linux) lets GOMP_SPINCOUNT, where it is set, override the policy
-        environ["GOMP_SPINCOUNT"] = "0"
+    if wait_policy == "brief":
+        environ.pop("OMP_WAIT_POLICY", None)
+        environ.setdefault("GOMP_SPINCOUNT", BRIEF_SPINS)  # a count the user set is kept
+    else:
+        environ["OMP_WAIT_POLICY"] = wait_policy.upper()
+        if wait_policy == "passive":
+            # libgomp lets GOMP_SPINCOUNT, where it is set, override the policy
+            environ["GOMP_SPINCOUNT"] = "0"
     return count
 
 

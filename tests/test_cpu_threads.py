@@ -44,10 +44,16 @@ def test_apply_sets_the_count_and_the_policy_for_openmp():
     assert cpu_threads.apply(3, "passive", env) == 3
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "3"
     assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["GOMP_SPINCOUNT"] == "0"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert cpu_threads.apply(0, "brief", env) == cpu_threads.usable_cpus()
+    assert "OMP_WAIT_POLICY" not in env and env["GOMP_SPINCOUNT"] == cpu_threads.BRIEF_SPINS
+    env = {"GOMP_SPINCOUNT": "500"}  # the user's own count stays
+    cpu_threads.apply(1, "brief", env)
+    assert env["GOMP_SPINCOUNT"] == "500"
     env = {}
-    assert cpu_threads.apply(0, "active", env) == cpu_threads.usable_cpus()
+    cpu_threads.apply(1, "active", env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
-    with pytest.raises(ValueError, match="--cpu-wait must be one of passive, active"):
+    with pytest.raises(ValueError, match="--cpu-wait must be one of brief, passive, active"):
         cpu_threads.apply(1, "spin", {})
     with pytest.raises(ValueError, match="--threads must be 0"):
         cpu_threads.apply(-1, "passive", {})
@@ -69,7 +75,7 @@ def test_the_options_parse_from_flags_and_environment(monkeypatch):
     from wyoming_qwen_tts.options import parse_args
 
     args = parse_args(["--model", "x"])
-    assert (args.threads, args.cpu_wait) == (0, "passive")
+    assert (args.threads, args.cpu_wait) == (0, "brief")
     monkeypatch.setenv("QWEN_TTS_THREADS", "2")
     monkeypatch.setenv("QWEN_TTS_CPU_WAIT", "active")
     args = parse_args(["--model", "x"])

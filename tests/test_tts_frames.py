@@ -132,12 +132,36 @@ def test_a_padded_last_chunk_gives_the_same_audio(models):
     assert np.abs(got - full).max() < 1e-4
 
 
-def test_a_too_short_convolution_tail_fails_the_same_check(models):
+def test_the_convolution_stack_carries_its_state_instead_of_recomputing_context(models):
+    """From a cold start every frame passes through the convolution stack once (no frames of context are
+    run again), and the audio is still that of one full decode."""
     speech_tokenizer = models["preset"].model.speech_tokenizer
+    decoder = speech_tokenizer.model.decoder
     codes = torch.randint(0, 2048, (60, 16), generator=torch.Generator().manual_seed(1))
     full = speech_tokenizer.decode([{"audio_codes": codes}])[0][0]
-    got = incremental(speech_tokenizer.model.decoder, codes, [1, 2, 4, 8], context_frames=2)
-    assert np.abs(got - full).max() > 1e-4
+    first_upsampling = decoder.upsample[0][0].conv  # kernel = stride: a frame's output overlaps no other's
+    frames_in = []
+    hook = first_upsampling.register_forward_hook(lambda _m, inputs, _out: frames_in.append(inputs[0].shape[-1]))
+    try:
+        got = incremental(decoder, codes, [1, 2, 4, 8], context_frames=16)
+    finally:
+        hook.remove()
+    assert sum(frames_in) == len(codes), frames_in
+    assert np.abs(got - full).max() < 1e-4
+
+
+def test_a_too_short_context_after_priming_fails_the_same_check(models, clone_prompt):
+    """A primed decoder starts its convolution stack over `context_frames` frames of the reference: 2 are
+    too few to reproduce the official audio, which is why 16 are kept."""
+    speech_tokenizer = models["clone"].model.speech_tokenizer
+    reference = clone_prompt[0].ref_code
+    codes = torch.randint(0, 2048, (20, 16), generator=torch.Generator().manual_seed(2))
+    full = speech_tokenizer.decode([{"audio_codes": torch.cat([reference, codes])}])[0][0]
+    expected = full[len(reference) * 1920 :]
+    decoder = IncrementalDecoder(speech_tokenizer.model.decoder, context_frames=2)
+    decoder.prime(reference)
+    got = np.concatenate([decoder.push(codes[i : i + 4]) for i in range(0, len(codes), 4)])
+    assert np.abs(got - expected).max() > 1e-4
 
 
 def test_cloned_voice_decoder_primed_with_the_reference(models, clone_prompt):
