@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
-    parser.add_argument("--wait", default="brief", help=argparse.SUPPRESS)
+    parser.add_argument("--wait", default="passive", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
             f"{threads} threads, {wait} | {r['tts_quiet']:.2f} | {r['tts_loaded']:.2f} | {tts_ratio:.2f} | "
             f"{r['asr_quiet']:.2f} | {r['asr_loaded']:.2f} | {asr_ratio:.2f} | {against}"
         )
-    print(f"target: loaded/quiet at most {TARGET_LOADED_RATIO} for the default (2 threads, brief)")
-    default = rows.get((2, "brief"))
+    print(f"target: loaded/quiet at most {TARGET_LOADED_RATIO} for the default (2 threads, passive)")
+    default = rows.get((2, "passive"))
     if default is None:
         return 1
     worst = max(default["tts_loaded"] / default["tts_quiet"], default["asr_loaded"] / default["asr_quiet"])

@@ -11,7 +11,7 @@ Qwen3 0.6B shapes, each peer's copy made by its own converter (bench/peers/cpu_s
 
 Every system runs in a process of its own, with the same thread cap (--threads: OMP_NUM_THREADS,
 OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, and each runtime's own setting: ours the server's `--threads`, which
-caps torch, with the server's default `--cpu-wait brief`; the peers with their own defaults otherwise),
+caps torch, with the server's default `--cpu-wait passive`; the peers with their own defaults otherwise),
 loads, warms up once and measures once; the systems take turns, repeat after repeat, so a burst of other
 load hits them alike. The table gives medians over the repeats, and for each system `foreign`, the largest
 share of the cores that other processes used during one of its runs: with every core busy, each of these

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quantize", default="int8", choices=["none", "int8"])
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cpu-wait", default="brief", choices=["brief", "passive", "active"])
+    parser.add_argument("--cpu-wait", default="passive", choices=["passive", "brief", "active"])
     args = parser.parse_args(argv)
 
     from shared import cpu_threads

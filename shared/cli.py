@@ -137,11 +137,11 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
     )
     parser.add_argument(
         "--cpu-wait",
-        default="brief",
-        choices=["brief", "passive", "active"],
-        help="What compute threads do while they wait for each other: brief spins some microseconds, then "
-        "sleeps (as fast as active on an idle machine, and a busy machine stays usable); passive sleeps at "
-        "once; active spins long (see the README's 'A busy CPU')",
+        default="passive",
+        choices=["passive", "brief", "active"],
+        help="What compute threads do while they wait for each other: passive sleeps at once, so a busy machine "
+        "stays usable; brief spins some microseconds first; active spins long, fastest only where no other "
+        "process wants the cores (see the README's 'A busy CPU')",
     )
     parser.add_argument(
         "--idle-unload",

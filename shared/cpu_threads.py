@@ -5,11 +5,11 @@ PyTorch's CPU kernels run on an OpenMP pool. By default its threads spin at ever
 300,000 turns; 30 billion with OMP_WAIT_POLICY=active) before they sleep. That is the fastest choice on
 an idle machine and the worst on a busy one: when another multi-threaded process (our own other server,
 a second model, a backup job) holds one of the cores, a spinning thread burns the time slice its
-partner needs, and every operator waits for the slowest thread. Measured on 2 cores at the real 0.6B
-shape (`script/bench cpu-load`): beside a 2-thread neighbour a TTS frame took 5.5 s spinning, 1.3 s with
-threads that sleep at once (`passive`) and 1.2 s with a brief spin of 10,000 turns (`brief`, the
-default); on the idle machine `brief` costs nothing against `active` (384 against 380 ms a frame),
-while `passive` costs 1.19x.
+partner needs, and every operator waits for the slowest thread. `script/bench cpu-load` at the real
+0.6B shape, 2 threads on 2 cores, beside a 2-thread matrix-multiply neighbour, loaded time / quiet time:
+active (spinning) TTS 4.1, ASR 4.5; brief (10,000 turns, then sleep) 2.4 and 2.8; passive (sleep at
+once, the default) 1.45 and 1.6. Passive costs 1.27x (TTS) and 1.21x (ASR) against active on the idle
+machine, and is 2.2x faster than active beside the neighbour.
 
 Both settings reach OpenMP through the environment, which it reads once when PyTorch is first imported,
 so `apply` runs before any import of torch, in the process the user starts; a worker process inherits
@@ -25,7 +25,7 @@ from typing import Optional
 
 _LOGGER = logging.getLogger(__name__)
 
-WAIT_POLICIES = ("brief", "passive", "active")
+WAIT_POLICIES = ("passive", "brief", "active")
 BRIEF_SPINS = "10000"  # libgomp turns before a waiting thread sleeps: some microseconds
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

@@ -53,7 +53,7 @@ def test_apply_sets_the_count_and_the_policy_for_openmp():
     env = {}
     cpu_threads.apply(1, "active", env)
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
-    with pytest.raises(ValueError, match="--cpu-wait must be one of brief, passive, active"):
+    with pytest.raises(ValueError, match="--cpu-wait must be one of passive, brief, active"):
         cpu_threads.apply(1, "spin", {})
     with pytest.raises(ValueError, match="--threads must be 0"):
         cpu_threads.apply(-1, "passive", {})
@@ -75,7 +75,7 @@ def test_the_options_parse_from_flags_and_environment(monkeypatch):
     from wyoming_qwen_tts.options import parse_args
 
     args = parse_args(["--model", "x"])
-    assert (args.threads, args.cpu_wait) == (0, "brief")
+    assert (args.threads, args.cpu_wait) == (0, "passive")
     monkeypatch.setenv("QWEN_TTS_THREADS", "2")
     monkeypatch.setenv("QWEN_TTS_CPU_WAIT", "active")
     args = parse_args(["--model", "x"])

@@ -2,7 +2,7 @@
 environment.
 
 The options are the server's own, parsed by its parser from `--device cpu --threads THREADS` with every other
-option at its default: float32, `--quantize auto` (int8 on a CPU), `--cpu-wait brief`. As the server's
+option at its default: float32, `--quantize auto` (int8 on a CPU), `--cpu-wait passive`. As the server's
 launcher does, `shared.cpu_threads.apply` sets the thread count and the OpenMP wait policy before torch is
 imported (so the cap is the peers' cap), and the engine loads through the servers' own loader
 (`shared.server.model_loader` with the server's `_load_engine`). Then:
