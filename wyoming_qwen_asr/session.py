@@ -125,7 +125,6 @@ class StreamingSession:
         self._last_output: Optional[tuple] = None  # (samples, full raw output) of the last step
         self._inflight_samples = -1
         self._arrivals: collections.deque = collections.deque()  # (monotonic time, samples so far)
-        self.deferred_for_burst = 0  # steps put off while audio arrived in a burst (for logs and tests)
         self._step_task = asyncio.create_task(self._step_loop(), name="asr steps")
         self.steps = 0
 
@@ -222,7 +221,6 @@ class StreamingSession:
             if samples > self._window_samples or samples - self._decoded_samples < self._chunk_samples:
                 continue
             if self._in_burst():
-                self.deferred_for_burst += 1
                 await asyncio.sleep(BURST_WINDOW / 3)
                 self._new_audio.set()  # look again, with whatever arrived meanwhile
                 continue

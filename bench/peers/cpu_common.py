@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 
 
 def busy_seconds() -> float:
@@ -43,3 +44,16 @@ class Clock:
 def report(**row) -> None:
     """The runner's result, one line on stdout that the driver picks out of the native libraries' output."""
     print("RESULT " + json.dumps(row), flush=True)
+
+
+def run_reported(row: dict, measure) -> int:
+    """`measure()` (a task's list of runs) and the result line, with `row`; an error is the result line too,
+    so that one failing system never hides the others. Returns the runner's exit status."""
+    try:
+        runs = measure()
+    except Exception as error:
+        traceback.print_exc()
+        report(**row, error=f"{type(error).__name__}: {error}")
+        return 1
+    report(**row, runs=runs)
+    return 0

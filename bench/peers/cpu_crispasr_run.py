@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_common import Clock, report
+from cpu_common import Clock, run_reported
 
 SAMPLE_RATE = 16000
 
@@ -31,7 +30,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="measured runs, after one warm-up")
     args = parser.parse_args()
     row = dict(threads=args.threads)
-    try:
+
+    def measure() -> list:
         from importlib.metadata import version
 
         import numpy as np
@@ -55,12 +55,9 @@ def main() -> int:
         runs = [once(audio[1 + i], args.tokens) for i in range(args.runs)]
         for i, run in enumerate(runs):
             run["prefill_s"] = once(audio[1 + args.runs + i], 1)["total_s"]
-        report(**row, runs=runs)
-        return 0
-    except Exception as error:
-        traceback.print_exc()
-        report(**row, error=f"{type(error).__name__}: {error}")
-        return 1
+        return runs
+
+    return run_reported(row, measure)
 
 
 if __name__ == "__main__":

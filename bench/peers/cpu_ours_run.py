@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import traceback
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
 
-from cpu_common import Clock, report  # noqa: E402
+from cpu_common import Clock, run_reported  # noqa: E402
 
 
 def server_options(kind: str, model: Path, threads: int):
@@ -141,7 +140,8 @@ def main() -> int:
     if (args.task == "tts" and not args.text) or (args.task == "asr" and not args.audio):
         parser.error("tts needs --text, asr needs --audio")
     row = dict(threads=args.threads)
-    try:
+
+    def measure() -> list:
         from shared import cpu_threads
 
         options = server_options(args.task, args.model, args.threads)
@@ -151,13 +151,9 @@ def main() -> int:
 
         cpu_threads.torch_threads(options.threads)
         row["version"] = f"torch {torch.__version__}"
-        runs = (run_tts if args.task == "tts" else run_asr)(args, options, row)
-        report(**row, runs=runs)
-        return 0
-    except Exception as error:
-        traceback.print_exc()
-        report(**row, error=f"{type(error).__name__}: {error}")
-        return 1
+        return (run_tts if args.task == "tts" else run_asr)(args, options, row)
+
+    return run_reported(row, measure)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_common import Clock, report
+from cpu_common import Clock, run_reported
 
 SAMPLE_RATE = 24000
 
@@ -33,7 +32,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="measured runs, after one warm-up")
     args = parser.parse_args()
     row = dict(threads=args.threads, stream_frames=args.stream_frames)
-    try:
+
+    def measure() -> list:
         from importlib.metadata import version
 
         from qwentts_cpp_cpu import QwenTTS
@@ -56,12 +56,9 @@ def main() -> int:
             return clock.record(first_audio_s=first, audio_s=samples / SAMPLE_RATE)
 
         once(0)
-        report(**row, runs=[once(seed) for seed in range(1, args.runs + 1)])
-        return 0
-    except Exception as error:
-        traceback.print_exc()
-        report(**row, error=f"{type(error).__name__}: {error}")
-        return 1
+        return [once(seed) for seed in range(1, args.runs + 1)]
+
+    return run_reported(row, measure)
 
 
 if __name__ == "__main__":
