@@ -1,7 +1,8 @@
 """Which int8 kernel: the candidates side by side on a stack of Qwen3 MLP blocks at the 0.6B widths.
 
 Prints, for 1 row (one decode step) and 100 rows (a prefill), each candidate's time as a ratio to
-float32 and its relative error. `shared/quantize.py` uses the `_int_mm` one; its docstring says why.
+float32 and its relative error. `shared/quantize.py` uses the fbgemm one where it works, else `_int_mm`;
+its docstring says why.
 torchao's config is included only where torchao is installed (the project does not install it).
 
     script/bench quantize-kernels [--blocks 8] [--repeats 30]
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import os
 import sys
 import time
 import warnings
@@ -53,9 +55,18 @@ class WeightOnlyInt8(nn.Module):
         return out.reshape(*x.shape[:-1], -1)
 
 
-def ours(model: nn.Module) -> nn.Module:
+def ours(model: nn.Module, kernel: str = "auto") -> nn.Module:
+    """`quantize_int8` as the servers run it, with its CPU kernel chosen (auto: fbgemm where it works)."""
+    from shared import quantize
+
     model = copy.deepcopy(model)
-    quantize_int8([model], "the MLP blocks")
+    os.environ["WYOMING_QWEN_INT8_KERNEL"] = kernel
+    quantize._fbgemm_reduce_range.cache_clear()
+    try:
+        quantize_int8([model], "the MLP blocks")
+    finally:
+        del os.environ["WYOMING_QWEN_INT8_KERNEL"]
+        quantize._fbgemm_reduce_range.cache_clear()
     return model
 
 
@@ -88,7 +99,8 @@ def main(argv=None) -> int:
     candidates = {
         "float32": model,
         "torch._int_mm, per-token activations, unfused": replaced(model, Int8Linear),
-        "torch._int_mm, gate/up fused (ours)": ours(model),
+        "torch._int_mm, gate/up fused": ours(model, "int_mm"),
+        "fbgemm packed, per-row scaled, gate/up fused (ours)": ours(model),
         "aten._weight_int8pack_mm (weight-only)": replaced(model, WeightOnlyInt8),
         "torch.ao quantize_dynamic (deprecated)": torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8
@@ -110,7 +122,7 @@ def main(argv=None) -> int:
             ratio = seconds(candidate, x, args.repeats) / base
             with torch.inference_mode():
                 error = float((candidate(x) - reference).norm() / reference.norm())
-            print(f"  {rows:3d} rows  {name:46s} time {ratio:5.2f} x float32, relative error {error:.4f}")
+            print(f"  {rows:3d} rows  {name:52s} time {ratio:5.2f} x float32, relative error {error:.4f}")
     return 0
 
 

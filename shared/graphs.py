@@ -164,6 +164,8 @@ def _signature(tree):
         return tuple(_signature(item) for item in tree)
     if isinstance(tree, dict):
         return tuple((key, _signature(value)) for key, value in sorted(tree.items()))
+    if isinstance(tree, torch.ScriptObject):  # packed weights (fbgemm's int8): a new wrapper on every call
+        return ("script object", str(tree._type()))
     return repr(tree)
 
 

@@ -2,7 +2,7 @@
 
 Each `nn.Linear` inside the given decoders is replaced by `Int8Linear`: symmetric int8 weights with one
 scale per output channel, and activations quantized per token on the fly (symmetric int8, one scale per
-row), multiplied with `torch._int_mm` (int8 x int8 -> int32), then rescaled. Rounding is deterministic,
+row), multiplied as int8 x int8 with int32 sums (below: which kernel), then rescaled. Rounding is deterministic,
 so the same checkpoint always gives the same int8 model and streaming stays exact within a mode.
 Siblings that read the same input (q/k/v, gate/up) share one quantization and one product, with
 bitwise the same outputs. Embeddings, the audio encoder and the codec decoder stay in floating point,
@@ -13,12 +13,22 @@ decode step than all 28 int8 layers together, and quantizing it moved the logit 
 Why not the others (`script/bench quantize-kernels`: 8 Qwen3 MLP blocks at the 0.6B widths on 2 cores,
 time against float32 for one token / 100 tokens; the end-to-end figures of `script/bench quantize`
 are in the README):
-- `torch.ao.quantization.quantize_dynamic` (fbgemm): 0.13-0.14 / 0.16-0.17, but it and the quantized
-  tensor types it needs are deprecated and will be removed from PyTorch;
+- `torch.ao.quantization.quantize_dynamic` (fbgemm): 0.13-0.14 / 0.16-0.17, but its module types are
+  deprecated, and it quantizes activations per tensor (relative error 1.3% / 2.6% against our 0.8%);
 - torchao's int8 dynamic-activation config: 1.45 / 0.39 in eager mode, and once installed,
   transformers imports it in every process (seconds of start-up, log noise);
 - int8 weight-only (`_weight_int8pack_mm`): 1.6-1.9 / 28, slower than float32 on these CPUs;
-- this: 0.18-0.22 / 0.17, relative error 0.78%.
+- `_int_mm` alone: 0.18-0.22 / 0.17, relative error 0.78%.
+
+So on a CPU the products run through fbgemm's packed int8 kernel (`quantized.linear_dynamic`), 1.5-2x as
+fast as `_int_mm` for one row at the 0.6B widths (0.30 against 0.46 x float32 in one run of `script/bench
+quantize-kernels`; about even at 100 rows; relative error 0.68% against 0.78%), from the same int8 weights
+and scales (no quantized module types): each row is first divided by its largest magnitude, so fbgemm's
+per-tensor activation quantization is per row as ours is, at full 8-bit range where the CPU multiplies
+without 16-bit saturation (probed at load; `_probe_fbgemm`), 7-bit where it does. Where fbgemm is missing
+(a build without it, or a later PyTorch that dropped it), and on CUDA, `_int_mm` does it.
+`WYOMING_QWEN_INT8_KERNEL=int_mm` forces `_int_mm` (for `script/bench quantize-kernels` and the tests of
+both kernels).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import hashlib
 import logging
 import os
 import time
+import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -48,8 +60,13 @@ def resolve_quantize(mode: str, device: str) -> str:
     return mode
 
 
-def int8_product(rows: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize float `rows` per row and multiply with the int8 `weight` (out x in): int32 product, row scales."""
+def int8_product(rows: torch.Tensor, weight: torch.Tensor, packed=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize float `rows` per row and multiply with the int8 `weight` (out x in), or with its fbgemm
+    `packed` form where there is one: the product and the row scales, whose product with the weight's
+    channel scales rescales it."""
+    if packed is not None:
+        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
+        return torch.ops.quantized.linear_dynamic(rows / row_scale, packed, _fbgemm_reduce_range()), row_scale
     row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
     quantized = torch.round(rows / row_scale).to(torch.int8)
     count = quantized.shape[0]
@@ -77,11 +94,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.siblings: Optional[Siblings] = None
+        self.packed = None  # fbgemm's form of weight_int8 (`pack_for_cpu`), which is then released
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         if self.siblings is None:
-            product, row_scale = int8_product(rows, self.weight_int8)
+            product, row_scale = int8_product(rows, self.weight_int8, self.packed)
         else:
             product, row_scale = self.siblings.product(self, x, rows)
         out = product * (row_scale * self.weight_scale)
@@ -91,7 +109,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         fused = "" if self.siblings is None else ", fused with its siblings"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}"
+        kernel = ", fbgemm" if self.packed is not None or getattr(self.siblings, "packed", None) is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8{fused}{kernel}"
 
 
 class Siblings:
@@ -115,16 +134,91 @@ class Siblings:
             layer.siblings = self
             start += layer.out_features
         self._input = self._product = self._row_scale = None
+        self.packed = None
 
     def product(self, layer: Int8Linear, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # the first layer always recomputes, so an input changed in place between two passes is never stale
         if layer is self.layers[0] or x is not self._input:
-            self._product, self._row_scale = int8_product(rows, self.weight)
+            self._product, self._row_scale = int8_product(rows, self.weight, self.packed)
             self._input = x
         product, row_scale = self._product[:, self.columns[layer]], self._row_scale
         if layer is self.layers[-1]:
             self._input = self._product = self._row_scale = None  # hold no activations between passes
         return product, row_scale
+
+
+def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
+    """Give every Int8Linear (or set of siblings) among `modules` on the CPU fbgemm's packed form of its
+    weights and release the plain int8 copy; returns how many matrices were packed (0 where fbgemm is not
+    to be used)."""
+    if _fbgemm_reduce_range() is None:
+        return 0
+    matrices = {}
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, Int8Linear) and layer.weight_int8.device.type == "cpu":
+                holder = layer if layer.siblings is None else layer.siblings
+                matrices[id(holder)] = holder
+    for holder in matrices.values():
+        if holder.packed is None:
+            weight = holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight
+            holder.packed = _prepack(weight)
+    for holder in matrices.values():  # the plain weights are no longer read: free them
+        layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
+        if not isinstance(holder, Int8Linear):
+            holder.weight = _RELEASED
+        for layer in layers:
+            layer.weight_int8 = _RELEASED
+    return len(matrices)
+
+
+_RELEASED = torch.empty(0, dtype=torch.int8)
+
+
+def _prepack(weight: torch.Tensor):
+    """fbgemm's packed form of an int8 matrix (out x in) with unit scales: our scales are applied outside."""
+    channels = weight.shape[0]
+    with warnings.catch_warnings():  # the quantized tensor type is deprecated; it lives only for this call
+        warnings.simplefilter("ignore")
+        quantized = torch._make_per_channel_quantized_tensor(
+            weight.contiguous(), torch.ones(channels, dtype=torch.double), torch.zeros(channels, dtype=torch.long), 0
+        )
+        return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+@lru_cache(maxsize=None)
+def _fbgemm_reduce_range() -> Optional[bool]:
+    """Whether fbgemm must quantize activations to 7 bits on this CPU (False: 8 bits are exact); None
+    where fbgemm is not to be used."""
+    if os.environ.get("WYOMING_QWEN_INT8_KERNEL", "auto") == "int_mm":
+        return None
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        _LOGGER.info("int8 products: torch._int_mm (this PyTorch has no fbgemm)")
+        return None
+    try:
+        for reduce_range in (False, True):
+            if _probe_fbgemm(reduce_range):
+                _LOGGER.debug("int8 products: fbgemm, %d-bit activations", 7 if reduce_range else 8)
+                return reduce_range
+    except (RuntimeError, AttributeError) as err:  # a PyTorch that dropped the operators
+        _LOGGER.info("int8 products: torch._int_mm (fbgemm failed: %s)", err)
+        return None
+    _LOGGER.info("int8 products: torch._int_mm (fbgemm's products were wrong in the probe)")
+    return None
+
+
+def _probe_fbgemm(reduce_range: bool) -> bool:
+    """fbgemm's product of the largest activations with the largest weights is exact: CPUs without VNNI
+    sum pairs of 8-bit products in 16 bits, which saturate at full range (why fbgemm has reduce_range)."""
+    columns = 64
+    weight = torch.full((8, columns), 127, dtype=torch.int8)
+    weight[1::2] = -127
+    rows = torch.ones(2, columns)
+    rows[1] = -1
+    with torch.inference_mode():
+        product = torch.ops.quantized.linear_dynamic(rows, _prepack(weight), reduce_range)
+    expected = rows @ weight.float().t()
+    return bool(torch.allclose(product, expected, rtol=0.02))
 
 
 def fuse_siblings(parent: nn.Module) -> int:
@@ -150,6 +244,7 @@ def quantize_int8(
     holds the int8 weights: read when it fits, else written for the next start."""
     started = time.monotonic()
     decoders = list(decoders)
+    heads = list(heads)
     targets = _targets(decoders, heads)
     stored = _read_cache(cache, targets)
     for key, parent, name, linear in targets:
@@ -158,11 +253,13 @@ def quantize_int8(
     if cache is not None and stored is None:
         _write_cache(cache, {key: getattr(parent, name) for key, parent, name, _ in targets})
     fused = sum(fuse_siblings(parent) for decoder in decoders for parent in decoder.modules())
+    packed = pack_for_cpu(decoders + [parent for parent, _ in heads])
     _LOGGER.info(
-        "Quantized %d linear layers of %s to int8 (%d sets of siblings fused%s) in %.2f s",
+        "Quantized %d linear layers of %s to int8 (%d sets of siblings fused, %s%s) in %.2f s",
         len(targets),
         what,
         fused,
+        "fbgemm kernels" if packed else "torch._int_mm",
         "" if cache is None else (", read from the cache" if stored is not None else ", cache written"),
         time.monotonic() - started,
     )

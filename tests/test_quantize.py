@@ -24,7 +24,8 @@ import pytest
 import torch
 from torch import nn
 
-from shared.quantize import Int8Linear, quantize_int8, resolve_quantize
+from shared import quantize
+from shared.quantize import Int8Linear, pack_for_cpu, quantize_int8, resolve_quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -119,19 +120,35 @@ def test_quantize_int8_replaces_only_plain_linear_layers():
 
 def quantized_separately(decoder: nn.Module) -> nn.Module:
     """Every nn.Linear replaced by its own Int8Linear, no siblings fused: the reference for the fusion."""
-    return quantize_kernels.replaced(decoder, Int8Linear)
+    separate = quantize_kernels.replaced(decoder, Int8Linear)
+    pack_for_cpu([separate])
+    return separate
 
 
-def test_fused_siblings_give_bitwise_the_outputs_of_separate_layers_with_fewer_products(asr_engines, monkeypatch):
+@pytest.fixture(params=["fbgemm", "int_mm"])
+def kernel(request, monkeypatch):
+    """Each CPU kernel in turn (`WYOMING_QWEN_INT8_KERNEL`); fbgemm's is the default where it works."""
+    monkeypatch.setenv("WYOMING_QWEN_INT8_KERNEL", "auto" if request.param == "fbgemm" else "int_mm")
+    quantize._fbgemm_reduce_range.cache_clear()
+    yield request.param
+    quantize._fbgemm_reduce_range.cache_clear()
+
+
+def test_fused_siblings_give_bitwise_the_outputs_of_separate_layers_with_fewer_products(
+    asr_engines, monkeypatch, kernel
+):
     decoder = asr_engines["none"].model.thinker.model
     separate, fused = quantized_separately(decoder), copy.deepcopy(decoder)
     quantize_int8([fused], "a copy of the ASR language model")
     layers = len(decoder.layers)
-    assert sum(layer.siblings is not None for layer in fused.modules() if isinstance(layer, Int8Linear)) == 5 * layers
+    int8_layers_of_fused = [layer for layer in fused.modules() if isinstance(layer, Int8Linear)]
+    assert sum(layer.siblings is not None for layer in int8_layers_of_fused) == 5 * layers
+    packed = [layer.packed if layer.siblings is None else layer.siblings.packed for layer in int8_layers_of_fused]
+    assert all(p is not None for p in packed) if kernel == "fbgemm" else all(p is None for p in packed)
 
     products = []
-    int_mm = torch._int_mm
-    monkeypatch.setattr(torch, "_int_mm", lambda a, b: products.append(a.shape[0]) or int_mm(a, b))
+    product = quantize.int8_product
+    monkeypatch.setattr(quantize, "int8_product", lambda rows, *a: products.append(rows.shape[0]) or product(rows, *a))
     ids = torch.randint(0, decoder.embed_tokens.num_embeddings, (1, 12), generator=torch.Generator().manual_seed(0))
     outputs = []
     with torch.inference_mode():
@@ -149,11 +166,61 @@ def test_fused_siblings_give_bitwise_the_outputs_of_separate_layers_with_fewer_p
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_fbgemm_packed_layers_match_the_int_mm_kernel_and_free_the_plain_weights():
+    """The packed kernel computes what `_int_mm` computes (per-row scaling, 8-bit activations on this
+    CPU), for one row and many, with an outlier row; the plain int8 copy is released once packed."""
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 768)
+    plain, packed = Int8Linear(linear), Int8Linear(linear)
+    assert pack_for_cpu([packed]) == 1
+    assert packed.packed is not None and packed.weight_int8.numel() == 0
+    assert "fbgemm" in repr(packed) and "fbgemm" not in repr(plain)
+    for rows in (1, 3, 40):
+        x = torch.randn(rows, 512)
+        x[0] *= 50  # one row far louder than the others: per-tensor quantization would lose the rest
+        with torch.inference_mode():
+            reference, ours, theirs = linear(x), plain(x), packed(x)
+        assert float((theirs - reference).norm() / reference.norm()) < 0.01
+        quiet = slice(1, None)
+        if rows > 1:  # the quiet rows keep their own precision
+            error = (theirs[quiet] - reference[quiet]).norm() / reference[quiet].norm()
+            assert float(error) < 1.5 * float((ours[quiet] - reference[quiet]).norm() / reference[quiet].norm())
+
+
+def test_the_kernel_choice_follows_the_probe_and_the_override(monkeypatch):
+    clear = quantize._fbgemm_reduce_range.cache_clear
+    try:
+        clear()
+        assert quantize._probe_fbgemm(True)
+        assert quantize._fbgemm_reduce_range() is (not quantize._probe_fbgemm(False))
+        clear()
+        monkeypatch.setattr(quantize, "_probe_fbgemm", lambda reduce_range: reduce_range)  # saturates at 8 bits
+        assert quantize._fbgemm_reduce_range() is True
+        clear()
+        monkeypatch.setattr(quantize, "_probe_fbgemm", lambda reduce_range: False)  # wrong either way
+        assert quantize._fbgemm_reduce_range() is None
+        clear()
+
+        def dropped(reduce_range):
+            raise RuntimeError("Could not run 'quantized::linear_prepack'")  # a PyTorch without the operators
+
+        monkeypatch.setattr(quantize, "_probe_fbgemm", dropped)
+        assert quantize._fbgemm_reduce_range() is None
+        assert pack_for_cpu([Int8Linear(nn.Linear(8, 8))]) == 0
+        clear()
+        monkeypatch.undo()
+        monkeypatch.setenv("WYOMING_QWEN_INT8_KERNEL", "int_mm")
+        assert quantize._fbgemm_reduce_range() is None
+    finally:
+        clear()
+
+
 def test_a_sibling_called_on_another_input_computes_its_own_product():
     torch.manual_seed(0)
     parent = nn.Module()
     parent.gate_proj, parent.up_proj = nn.Linear(32, 48, bias=False), nn.Linear(32, 48, bias=True)
     reference = {name: Int8Linear(getattr(parent, name)) for name in ("gate_proj", "up_proj")}
+    pack_for_cpu(reference.values())  # the kernel quantize_int8 picks
     quantize_int8([parent], "two siblings")
     assert parent.gate_proj.siblings is parent.up_proj.siblings is not None
     x, y = torch.randn(3, 32), torch.randn(3, 32)
