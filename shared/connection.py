@@ -109,6 +109,10 @@ class Connection(AsyncEventHandler):
         # replies of one connection come from several tasks; frames must not interleave
         self._write_lock = asyncio.Lock()
         self.dropped = False
+        # the protocol's view of the events both ways (a gateway.ReplyTracker; set by the server): whether a
+        # request is under way, which a graceful stop lets finish
+        self.replies = None
+        self.in_request = False
 
     async def write_event(self, event: Event) -> None:
         """Send an event; a client that has not taken it within `write_timeout` is dropped
@@ -122,6 +126,17 @@ class Connection(AsyncEventHandler):
         except TimeoutError:
             self.drop(f"it did not read a reply for {self.write_timeout:.0f} s")
             raise ConnectionResetError("the client does not read its replies") from None
+        if self.replies is not None and self.replies.worker_sent(event.type):
+            self.in_request = False
+
+    async def cut_short(self, text: str, code: str) -> None:
+        """End the connection with an `error` saying why (a server that stops), if the client still reads."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self.write_event(Error(text=text, code=code).event())
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+        await self.stop()
 
     def drop(self, why: str) -> None:
         """Close the connection at once, discarding unsent bytes; the read loop then ends."""
@@ -137,7 +152,12 @@ class Connection(AsyncEventHandler):
             while self._is_running:
                 try:
                     event = await read_event(self.reader, self.limits)
-                    if event is None or not await self.handle_event(event):
+                    if event is None:
+                        break
+                    if self.replies is not None:
+                        if self.replies.client_sent(event.type) or event.type in self.replies.opened_by:
+                            self.in_request = True
+                    if not await self.handle_event(event):
                         break
                 except BadFrame as bad:
                     _LOGGER.warning("Closing a connection: %s", bad.text)

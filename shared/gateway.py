@@ -45,6 +45,9 @@ class ReplyTracker:
 
     waits_after: FrozenSet[str] = frozenset({"describe", "ping"})  # client events that ask for an answer
     completed_by: FrozenSet[str] = frozenset({"info", "pong", "error"})  # worker events that end it
+    # client events that begin a request before the client waits (a stream of audio or of text): from
+    # them on a stop lets the request finish (shared/graceful_stop.py)
+    opened_by: FrozenSet[str] = frozenset()
 
     def client_sent(self, event_type: str) -> bool:
         """True when the client now waits for the worker."""

@@ -57,6 +57,7 @@ def main(kind: ServerKind, argv: Optional[List[str]] = None) -> None:
     from .cpu_threads import apply as apply_cpu_threads
 
     threads = apply_cpu_threads(args.threads, args.cpu_wait)
+    os.environ["WYOMING_QWEN_INT8_KERNEL"] = args.int8_kernel  # read by shared.quantize, here and in a worker
     if args.worker_of is None:
         _LOGGER.debug("CPU compute: %d threads, %s wait", threads, args.cpu_wait)
     if args.worker_of is None:  # a worker's gateway has checked already
@@ -96,7 +97,7 @@ async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
     lean_imports.install()
     _import_heavy_modules(kind.heavy_package, f"{kind.package}.handler")
     try:
-        await serve_app(kind.create_app(args), args)
+        await serve_app(kind.create_app(args), args, kind.reply_tracker)
     finally:
         if parent_watch is not None:
             parent_watch.cancel()
@@ -104,6 +105,7 @@ async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
 
 async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[str]) -> None:
     from .gateway import Gateway
+    from .graceful_stop import serve_until_stopped
     from .server import make_server
     from .supervisor import WorkerSupervisor
     from .warm_up import PeerWarmer
@@ -120,12 +122,18 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         args.spare_worker,
     )
     server = make_server(args.uri)
+
+    def handler_factory(reader, writer):
+        handler = gateway.handler_factory(reader, writer)
+        handler.replies = kind.reply_tracker()
+        return handler
+
     preload = asyncio.create_task(gateway.preload()) if args.preload else None
     if args.spare_worker and not args.preload:
         gateway.start_spare()
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
-        await server.run(gateway.handler_factory)
+        await serve_until_stopped(server, handler_factory, args.stop_grace)
     finally:
         if preload is not None:
             preload.cancel()

@@ -26,9 +26,10 @@ quantize-kernels`; about even at 100 rows; relative error 0.68% against 0.78%), 
 and scales (no quantized module types): each row is first divided by its largest magnitude, so fbgemm's
 per-tensor activation quantization is per row as ours is, at full 8-bit range where the CPU multiplies
 without 16-bit saturation (probed at load; `_probe_fbgemm`), 7-bit where it does. Where fbgemm is missing
-(a build without it, or a later PyTorch that dropped it), and on CUDA, `_int_mm` does it.
-`WYOMING_QWEN_INT8_KERNEL=int_mm` forces `_int_mm` (for `script/bench quantize-kernels` and the tests of
-both kernels).
+(a build without it, ARM, or a later PyTorch that dropped it), and on CUDA, `_int_mm` does it.
+The price: fbgemm's packed form takes about twice the bytes of the int8 matrix, and packing takes 2-4 s
+per 0.6B model (in the README). `--int8-kernel int_mm` (the launcher sets `WYOMING_QWEN_INT8_KERNEL`, as
+`script/bench quantize-kernels` and the tests of both kernels do) keeps the lean one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import logging
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -159,16 +161,22 @@ def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
             if isinstance(layer, Int8Linear) and layer.weight_int8.device.type == "cpu":
                 holder = layer if layer.siblings is None else layer.siblings
                 matrices[id(holder)] = holder
-    for holder in matrices.values():
-        if holder.packed is None:
-            weight = holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight
-            holder.packed = _prepack(weight)
+    unpacked = [holder for holder in matrices.values() if holder.packed is None]
+    weights = [holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight for holder in unpacked]
+    # packing is single-threaded and releases the GIL: one thread per compute thread
+    with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack") as pool:
+        for holder, packed in zip(unpacked, pool.map(_prepack, weights), strict=True):
+            holder.packed = packed
     for holder in matrices.values():  # the plain weights are no longer read: free them
         layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
         if not isinstance(holder, Int8Linear):
             holder.weight = _RELEASED
         for layer in layers:
             layer.weight_int8 = _RELEASED
+    if matrices:
+        from .devices import free_accelerator_memory
+
+        free_accelerator_memory()  # malloc keeps the freed copies otherwise: 450 MiB of the ASR model's RSS
     return len(matrices)
 
 
@@ -190,7 +198,7 @@ def _prepack(weight: torch.Tensor):
 def _fbgemm_reduce_range() -> Optional[bool]:
     """Whether fbgemm must quantize activations to 7 bits on this CPU (False: 8 bits are exact); None
     where fbgemm is not to be used."""
-    if os.environ.get("WYOMING_QWEN_INT8_KERNEL", "auto") == "int_mm":
+    if os.environ.get("WYOMING_QWEN_INT8_KERNEL", "fbgemm") == "int_mm":  # --int8-kernel int_mm
         return None
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         _LOGGER.info("int8 products: torch._int_mm (this PyTorch has no fbgemm)")

@@ -7,9 +7,10 @@ connection. Each server builds its own app; the pieces that are the same for bot
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Optional, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from wyoming.event import Event
@@ -60,10 +61,31 @@ def make_server(uri: str) -> AsyncServer:
     return AsyncServer.from_uri(uri)
 
 
-async def serve_app(app: ServedApp, args: argparse.Namespace) -> None:
+async def serve_app(app: ServedApp, args: argparse.Namespace, new_tracker: Optional[Callable] = None) -> None:
+    """Serve `app` until SIGTERM, then stop gracefully (`shared/graceful_stop.py`); `new_tracker` makes each
+    connection's `ReplyTracker`, which says when a request is under way."""
+    from .graceful_stop import serve_until_stopped
+
     _LOGGER.info("Serving %s on %s", app.summary, args.uri)
     if args.preload:
         app.manager.preload_in_background(app.preload_key)
     server = make_server(args.uri)
+
+    def handler_factory(reader, writer):
+        handler = app.handler(reader, writer)
+        if new_tracker is not None:
+            handler.replies = new_tracker()
+        return handler
+
     _LOGGER.info("Ready on %s", args.uri)
-    await server.run(app.handler)
+    await serve_until_stopped(server, handler_factory, args.stop_grace)
+    await _inference_done(app, args.stop_grace)
+
+
+async def _inference_done(app: ServedApp, within: float) -> None:
+    """Wait for the job the inference thread runs (a cut request stops at its next step): model code still
+    running while the interpreter exits aborts the process."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while app.manager.inference.busy and loop.time() < deadline:
+        await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ class TranscriptionReplies(ReplyTracker):
 
     waits_after = ReplyTracker.waits_after | {"audio-stop"}
     completed_by = ReplyTracker.completed_by | {"transcript-stop"}
+    opened_by = frozenset({"transcribe", "audio-start", "audio-chunk"})
 
 
 KIND = ServerKind(

@@ -15,6 +15,8 @@ class SynthesisReplies(ReplyTracker):
     `audio-stop`; a streamed one with `synthesize-stopped`. Inside a stream, `synthesize` is only the
     compat copy of the text that is still streaming in, so the client does not wait yet."""
 
+    opened_by = frozenset({"synthesize-start", "synthesize-chunk"})
+
     def __init__(self) -> None:
         self._in_stream = False
 
