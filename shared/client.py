@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import socket
 import sys
@@ -370,14 +371,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("wyoming-qwen-client: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader has what it wanted (`... | grep -q`, `| head`): no error to report
+        _silence_stdout()
+        return 0
     except Exception as err:  # still one line: the user checks a server, not this client's internals
         print(f"wyoming-qwen-client: error: unexpected {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 
 
+def _silence_stdout() -> None:
+    """Python flushes stdout once more at exit, which would raise into the pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def run(argv=None) -> None:
-    sys.exit(main(argv))
+    code = main(argv)
+    try:
+        sys.stdout.flush()  # buffered output goes out now, while a broken pipe can still be answered
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,20 @@ async def test_describe_the_tts_server_lists_every_voice(start_tts):
     assert "speech-to-text" not in result.stdout
 
 
+async def test_a_reader_that_stops_early_gets_no_error(start_tts):
+    """The images' health check is `wyoming-qwen-client describe ... | grep -q qwen3-tts`: grep exits at its
+    match, and the client used to log `error: unexpected BrokenPipeError` for the rest of its output. Here the
+    reader (`true`) has gone before the client writes a byte, so every run closes the pipe early."""
+    server = await start_tts()
+    command = " ".join(CLIENT) + f" describe --uri {server.uri} | true"
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"set -o pipefail; {command}", stderr=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert "error" not in err.decode().lower(), err.decode()
+    assert process.returncode == 0
+
+
 # -- transcribe -----------------------------------------------------------------------------------
 
 
