@@ -34,6 +34,7 @@ per 0.6B model (in the README). `--int8-kernel int_mm` (the launcher sets `WYOMI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -290,23 +291,46 @@ def _targets(decoders: List[nn.Module], heads: Iterable[Tuple[nn.Module, str]]) 
 CACHE_FORMAT = "1"  # part of the key: a change in how weights are quantized makes old files unusable
 
 
-def cache_file(model_dir: Path) -> Optional[Path]:
+def cache_file(model_dir: Path, fallback: Optional[Path] = None) -> Optional[Path]:
     """Where the int8 weights of the model in `model_dir` are cached, keyed by its revision and its weight
     files' names, sizes and times. A downloaded model's go in its repository folder of the Hugging Face
     cache (`int8-<revision>-<key>.safetensors`; `huggingface-cli delete-cache` removes them with the
-    model); a local folder's go beside it. None when that place cannot be written."""
+    model); a local folder's go beside it. Where that place cannot be written (a model mounted read-only),
+    they go to `fallback` (default: `wyoming-qwen-int8` in the Hugging Face cache, the data volume in
+    Docker), named after the model folder's path, and the log says so. None, with a warning, when neither
+    can be written: the weights are then quantized again at every load."""
     model_dir = Path(model_dir)
     if model_dir.parent.name == "snapshots":  # <data dir>/models--Qwen--X/snapshots/<revision>
         folder, stem = model_dir.parent.parent, f"int8-{model_dir.name}"
     else:
         folder, stem = model_dir.parent, f"{model_dir.name}.int8"
-    if not os.access(folder, os.W_OK):
-        return None
+    if not _writable(folder):
+        if fallback is None:
+            from .hub_cache import default_hub_cache
+
+            fallback = default_hub_cache() / "wyoming-qwen-int8"
+        with contextlib.suppress(OSError):
+            fallback.mkdir(parents=True, exist_ok=True)
+        if not _writable(fallback):
+            _LOGGER.warning(
+                "Neither %s nor %s can be written: the int8 weights of %s are quantized again at every load",
+                folder,
+                fallback,
+                model_dir,
+            )
+            return None
+        where = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:8]
+        folder, stem = fallback, f"{stem}-{where}"
+        _LOGGER.info("%s cannot be written; the int8 cache of %s goes to %s", model_dir.parent, model_dir, fallback)
     fingerprint = hashlib.sha256(CACHE_FORMAT.encode())
     for path in sorted(model_dir.glob("*.safetensors")):
         stat = path.stat()  # follows the hub cache's symlinks to the blobs
         fingerprint.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return folder / f"{stem}-{fingerprint.hexdigest()[:16]}.safetensors"
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 def _read_cache(cache: Optional[Path], targets: list) -> Optional[Dict[str, torch.Tensor]]:

@@ -275,8 +275,49 @@ def test_a_downloaded_model_caches_in_its_hub_repository_folder(tmp_path):
     (snapshot / "model.safetensors").write_bytes(b"x")
     path = cache_file(snapshot)
     assert path.parent == tmp_path / "models--Qwen--Qwen3-ASR-0.6B" and path.name.startswith("int8-abc123-")
-    (tmp_path / "models--Qwen--Qwen3-ASR-0.6B").chmod(0o555)
-    try:
-        assert os.geteuid() == 0 or cache_file(snapshot) is None  # root may write anywhere
-    finally:
-        (tmp_path / "models--Qwen--Qwen3-ASR-0.6B").chmod(0o755)
+
+
+def test_a_read_only_model_folder_caches_in_the_hub_cache_and_says_so(tiny_dir, tmp_path, monkeypatch, caplog):
+    """A model mounted read-only (Docker's `-v ...:/models:ro`) used to be quantized again at every load,
+    silently: its cache now goes to the Hugging Face cache (the data volume), is read back by the next
+    load, and the log says where; with nowhere to write, a warning says what that costs."""
+    import logging
+    import shutil
+
+    from shared import quantize
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    model_dir = tmp_path / "models" / "asr"
+    shutil.copytree(tiny_dir / "asr", model_dir)
+    hub = tmp_path / "data" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    read_only = {model_dir.parent}  # root writes through chmod: the check itself says read-only
+    monkeypatch.setattr(quantize, "_writable", lambda folder: Path(folder) not in read_only)
+    caplog.set_level(logging.INFO, logger="shared.quantize")
+
+    first = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    (cached,) = (hub / "wyoming-qwen-int8").glob("asr.int8-*.safetensors")
+    assert cached == quantize.cache_file(model_dir)
+    assert not list(model_dir.parent.glob("*.safetensors"))
+    assert f"the int8 cache of {model_dir} goes to {hub / 'wyoming-qwen-int8'}" in caplog.text
+
+    original_init = Int8Linear.__init__
+
+    def no_quantizing(self, linear, stored=None):
+        assert stored is not None, "quantized again although the cache fits"
+        original_init(self, linear, stored)
+
+    monkeypatch.setattr(Int8Linear, "__init__", no_quantizing)
+    second = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    monkeypatch.setattr(Int8Linear, "__init__", original_init)
+    assert bench_quantize.asr_logit_error(first, second) == 0.0
+
+    other = tmp_path / "elsewhere" / "asr"  # another model folder of the same name gets its own file
+    shutil.copytree(tiny_dir / "asr", other)
+    read_only.add(other.parent)
+    assert quantize.cache_file(other).parent == cached.parent and quantize.cache_file(other) != cached
+
+    read_only.add(hub / "wyoming-qwen-int8")
+    caplog.clear()
+    assert quantize.cache_file(model_dir) is None
+    assert "quantized again at every load" in caplog.text
