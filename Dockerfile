@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
 # wyoming-qwen: one image per server, for the CPU or an NVIDIA GPU. script/install-server does the install.
+# It builds with the classic builder and with BuildKit, offline from a local base: no `# syntax` line (that
+# makes BuildKit fetch a frontend from Docker Hub) and no `RUN --mount` (the classic builder rejects it).
 #
 #   docker build --target asr -t wyoming-qwen-asr .     # speech-to-text, port 10300
 #   docker build --target tts -t wyoming-qwen-tts .     # text-to-speech, port 10200
@@ -10,12 +11,15 @@
 #
 #   docker run -d --network host -v wyoming-qwen-data:/data wyoming-qwen-asr
 #
-# Build arguments (CUDA, TORCH_INDEX and TORCH_SPEC reach script/install-server as its environment):
+# Build arguments (CUDA, TORCH_INDEX, TORCH_SPEC and ALLOW_CUDA_TORCH reach script/install-server as its
+# environment):
 #   BASE         debian:bookworm-slim, or an nvidia/cuda *-runtime image; any Debian or Ubuntu with Python >= 3.10
 #   CUDA         0: torch's CPU build; 1: its CUDA build
 #   TORCH_INDEX  where torch comes from: "default" (PyTorch's CPU index; PyPI with CUDA=1), "" (PyPI), or a URL
 #                such as https://download.pytorch.org/whl/cu126 (CUDA 12.6, for older drivers and GPUs)
 #   TORCH_SPEC   torch requirements, e.g. "torch==2.14.1 torchaudio==2.11.0"; "" takes the newest
+#   ALLOW_CUDA_TORCH  1: with CUDA=0, accept a CUDA build where the index gives one (several GB larger);
+#                otherwise a CPU image whose index gave a CUDA build fails, saying why
 #   UID, GID     the user the server runs as (default 1000:1000)
 #
 # Configuration at run time: every server option as an environment variable, QWEN_ASR_<OPTION> or
@@ -49,8 +53,9 @@ ARG GID=1000
 ARG CUDA=0
 ARG TORCH_INDEX=default
 ARG TORCH_SPEC=""
-RUN --mount=type=bind,target=/src --mount=type=cache,target=/root/.cache/pip \
-    /src/script/install-server asr --venv /opt/wyoming-qwen
+ARG ALLOW_CUDA_TORCH=0
+COPY . /src
+RUN PIP_NO_CACHE_DIR=1 /src/script/install-server asr --venv /opt/wyoming-qwen && rm -rf /src
 # Set after the install, which runs as root and must write nothing into /data
 ENV PATH=/opt/wyoming-qwen/bin:${PATH} \
     HOME=/data \
@@ -74,8 +79,9 @@ ARG GID=1000
 ARG CUDA=0
 ARG TORCH_INDEX=default
 ARG TORCH_SPEC=""
-RUN --mount=type=bind,target=/src --mount=type=cache,target=/root/.cache/pip \
-    /src/script/install-server tts --venv /opt/wyoming-qwen
+ARG ALLOW_CUDA_TORCH=0
+COPY . /src
+RUN PIP_NO_CACHE_DIR=1 /src/script/install-server tts --venv /opt/wyoming-qwen && rm -rf /src
 # Set after the install, which runs as root and must write nothing into /data
 ENV PATH=/opt/wyoming-qwen/bin:${PATH} \
     HOME=/data \

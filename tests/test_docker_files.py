@@ -44,6 +44,15 @@ def run(*command, **kwargs) -> subprocess.CompletedProcess:
 # -- linters ----------------------------------------------------------------------------------------------
 
 
+def test_dockerfiles_build_with_the_classic_builder_and_offline():
+    """Debian's docker has no buildx, so the classic builder is all it has, and it rejects `RUN --mount`;
+    a `# syntax=` line makes BuildKit fetch a frontend image from Docker Hub, which fails offline."""
+    for dockerfile in [ROOT / "Dockerfile", *sorted(ROOT.glob("addon/*/Dockerfile"))]:
+        text = dockerfile.read_text()
+        assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE), dockerfile
+        assert not re.search(r"^RUN\s+--mount", text, re.MULTILINE), dockerfile
+
+
 def test_hadolint_is_clean():
     result = run(BIN / "hadolint", DOCKERFILE)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -74,6 +83,58 @@ def test_install_server_refuses_bad_arguments_before_doing_anything(tmp_path):
     assert list(tmp_path.iterdir()) == []
     usage = run(ROOT / "script" / "install-server", "--help")
     assert usage.returncode == 0 and "--torch-spec" in usage.stderr and "set -euo" not in usage.stderr
+
+
+def fake_torch_index(root: Path, cuda: str) -> str:
+    """A local package index (file://) holding one `torch` wheel whose `torch.version.cuda` is `cuda`."""
+    import zipfile
+
+    folder = root / "simple" / "torch"
+    folder.mkdir(parents=True)
+    files = {
+        "torch/__init__.py": "from . import version\n__version__ = '9.9.9'\n",
+        "torch/version.py": f"cuda = {cuda!r}\n",
+        "torch-9.9.9.dist-info/METADATA": "Metadata-Version: 2.1\nName: torch\nVersion: 9.9.9\n",
+        "torch-9.9.9.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(folder / "torch-9.9.9-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr(
+            "torch-9.9.9.dist-info/RECORD",
+            "".join(f"{name},,\n" for name in files) + "torch-9.9.9.dist-info/RECORD,,\n",
+        )
+    (folder / "index.html").write_text('<a href="torch-9.9.9-py3-none-any.whl">torch-9.9.9-py3-none-any.whl</a>')
+    return f"file://{root / 'simple'}"
+
+
+def test_a_cpu_install_refuses_a_cuda_build_of_torch_saying_why(tmp_path):
+    """torch from PyPI is the CUDA build: a CPU image got 6.96 GB instead of 2.23 GB without a word. A CPU
+    install now stops there and names both ways out."""
+    index = fake_torch_index(tmp_path / "index", cuda="12.8")
+    result = run(
+        ROOT / "script" / "install-server",
+        "asr",
+        "--venv",
+        str(tmp_path / "venv"),
+        "--torch-index",
+        index,
+        "--torch-spec",
+        "torch",
+        "--no-check",
+        # this index only: not the machine's own pip indexes and wheel folders
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("CUDA", "ALLOW_CUDA_TORCH", "VIRTUAL_ENV")},
+            "PIP_CONFIG_FILE": os.devnull,
+            "PIP_FIND_LINKS": "",
+        },
+    )
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "error: a CPU install needs torch's CPU build" in error and "CUDA 12.8" in error, result.stderr
+    assert "--torch-index" in error and "--allow-cuda-build" in error
+    assert "installing the project" not in result.stderr.lower()
 
 
 # -- the Dockerfile, read as Docker reads it -------------------------------------------------------------------

@@ -44,6 +44,7 @@ SERVERS = {
     ),
     "tts": dict(
         torch_spec="torch==2.14.1 torchaudio==2.11.0",
+        cuda_build=True,  # see above: accepted on purpose (install-server refuses it otherwise)
         qwen="qwen_tts",
         other="qwen_asr",
         transformers="4.57.3",
@@ -86,6 +87,7 @@ class Install:
             "",
             "--torch-spec",
             SERVERS[server]["torch_spec"],
+            *(["--allow-cuda-build"] if SERVERS[server].get("cuda_build") else []),
         ]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
