@@ -231,6 +231,23 @@ def test_a_sibling_called_on_another_input_computes_its_own_product():
         assert torch.equal(parent.gate_proj(x), reference["gate_proj"](x))
 
 
+def load_from_the_cache_only(model_dir, monkeypatch):
+    """The int8 ASR engine of `model_dir`, failing if any layer is quantized instead of read from the cache."""
+    from wyoming_qwen_asr.engine import AsrEngine
+
+    original_init = Int8Linear.__init__
+
+    def no_quantizing(self, linear, stored=None):
+        assert stored is not None, "quantized again although the cache fits"
+        original_init(self, linear, stored)
+
+    monkeypatch.setattr(Int8Linear, "__init__", no_quantizing)
+    try:
+        return AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
+    finally:
+        monkeypatch.setattr(Int8Linear, "__init__", original_init)
+
+
 def test_int8_weights_are_cached_and_read_back_without_quantizing_again(tiny_dir, tmp_path, monkeypatch):
     """The first load writes the int8 weights beside the model (safetensors); the next one reads them and
     computes nothing (quantizing would raise here), with bitwise the same logits. A changed checkpoint or a
@@ -246,15 +263,7 @@ def test_int8_weights_are_cached_and_read_back_without_quantizing_again(tiny_dir
     (cached,) = tmp_path.glob("asr.int8-*.safetensors")
     assert cached == quantize.cache_file(model_dir)
 
-    original_init = Int8Linear.__init__
-
-    def no_quantizing(self, linear, stored=None):
-        assert stored is not None, "quantized again although the cache fits"
-        original_init(self, linear, stored)
-
-    monkeypatch.setattr(Int8Linear, "__init__", no_quantizing)
-    second = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
-    monkeypatch.setattr(Int8Linear, "__init__", original_init)
+    second = load_from_the_cache_only(model_dir, monkeypatch)
     assert bench_quantize.asr_logit_error(first, second) == 0.0
 
     cached.write_bytes(b"not safetensors")
@@ -301,15 +310,7 @@ def test_a_read_only_model_folder_caches_in_the_hub_cache_and_says_so(tiny_dir, 
     assert not list(model_dir.parent.glob("*.safetensors"))
     assert f"the int8 cache of {model_dir} goes to {hub / 'wyoming-qwen-int8'}" in caplog.text
 
-    original_init = Int8Linear.__init__
-
-    def no_quantizing(self, linear, stored=None):
-        assert stored is not None, "quantized again although the cache fits"
-        original_init(self, linear, stored)
-
-    monkeypatch.setattr(Int8Linear, "__init__", no_quantizing)
-    second = AsrEngine.load(model_dir, "cpu", torch.float32, quantize="int8")
-    monkeypatch.setattr(Int8Linear, "__init__", original_init)
+    second = load_from_the_cache_only(model_dir, monkeypatch)
     assert bench_quantize.asr_logit_error(first, second) == 0.0
 
     other = tmp_path / "elsewhere" / "asr"  # another model folder of the same name gets its own file
