@@ -36,7 +36,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import children, read_until, rss_kib, scratch_dir, send_audio, speechlike, wait_until_listening  # noqa: E402
+from wyoming_helpers import (  # noqa: E402
+    children,
+    first_audio,
+    read_until,
+    rss_kib,
+    scratch_dir,
+    send_audio,
+    speechlike,
+    wait_until_listening,
+)
 
 COMMAND_SECONDS = 3.0
 PEER_DELAY = 3.0  # the TTS request follows the command's audio-start by this much
@@ -100,16 +109,7 @@ async def asr_command(uri, on_audio_start=None) -> float:
 
 
 async def tts_first_audio(uri) -> float:
-    from wyoming.client import AsyncClient
-    from wyoming.tts import Synthesize
-
-    async with AsyncClient.from_uri(uri) as client:
-        started = time.monotonic()
-        await client.write_event(Synthesize(text=SENTENCE).event())
-        await read_until(client, "audio-chunk", timeout=900)
-        first = time.monotonic() - started
-        await read_until(client, "audio-stop", timeout=900)
-        return first
+    return await first_audio(uri, SENTENCE, timeout=900)
 
 
 async def wait_for_spare(server: Server) -> float:

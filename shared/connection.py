@@ -13,8 +13,10 @@ for: a write that cannot complete within `write_timeout` drops the client, which
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,6 +100,19 @@ def _length(header: dict, key: str, limit: int) -> int:
     return value
 
 
+SEND_BUFFER_BYTES = 64 * 1024
+
+
+def _limit_send_buffer(writer) -> None:
+    """Keep what the kernel holds for a client small, so that a client that stops reading blocks our writes
+    within about a second of audio (the kernel would otherwise take megabytes: minutes of speech that a
+    reply would go on synthesizing, taking the inference thread from every other room)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+
 class Connection(AsyncEventHandler):
     """A Wyoming handler whose reads are size-limited and whose writes are serialised and time-limited."""
 
@@ -113,6 +128,7 @@ class Connection(AsyncEventHandler):
         # request is under way, which a graceful stop lets finish
         self.replies = None
         self.in_request = False
+        _limit_send_buffer(writer)
 
     async def write_event(self, event: Event) -> None:
         """Send an event; a client that has not taken it within `write_timeout` is dropped

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -112,3 +115,59 @@ async def wait_until_listening(process, uri: str, log_path: Path, what: str, att
         except OSError:
             await asyncio.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {uri}; see {log_path}")
+
+
+# -- clients that stop reading (tests/test_stuck_client.py, bench/stuck_client.py) -------------------------
+
+READING = " ".join(f"This is sentence number {n} of a long reading." for n in range(95))  # < 5,000 chars
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def never_reading_client(port: int, event_type: str, data: dict, payloads=()) -> socket.socket:
+    """Connect with a 4 KiB receive buffer, send one event (and audio events), and never read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps(data).encode()
+    sock.sendall(json.dumps({"type": event_type, "data_length": len(body)}).encode() + b"\n" + body)
+    for payload in payloads:
+        sock.sendall(payload)
+    return sock
+
+
+async def first_audio(uri: str, text: str = "Hello there.", timeout: float = 300) -> float:
+    """Seconds from a one-shot `synthesize` to its first audio chunk (the reply is read to its end)."""
+    from wyoming.client import AsyncClient
+    from wyoming.tts import Synthesize
+
+    async with AsyncClient.from_uri(uri) as client:
+        started = time.monotonic()
+        await client.write_event(Synthesize(text=text).event())
+        await read_until(client, "audio-chunk", timeout=timeout)
+        first = time.monotonic() - started
+        await read_until(client, "audio-stop", timeout=timeout)
+        return first
+
+
+def audio_events(pcm: bytes) -> bytes:
+    """audio-start, chunks and audio-stop as raw Wyoming frames."""
+    frames = []
+
+    def frame(event_type: str, data: dict, payload: bytes = b"") -> bytes:
+        body = json.dumps(data).encode()
+        header = {"type": event_type, "data_length": len(body)}
+        if payload:
+            header["payload_length"] = len(payload)
+        return json.dumps(header).encode() + b"\n" + body + payload
+
+    audio = {"rate": 16000, "width": 2, "channels": 1}
+    frames.append(frame("audio-start", audio))
+    for start in range(0, len(pcm), 3200):
+        frames.append(frame("audio-chunk", audio, pcm[start : start + 3200]))
+    frames.append(frame("audio-stop", {}))
+    return b"".join(frames)
