@@ -76,6 +76,11 @@ def main(argv=None) -> int:
     parser.add_argument("--models", help="a folder with asr/ and tts-custom-voice/ (default: built now)")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--settings",
+        default=",".join(f"{threads}:{wait}" for threads, wait in SETTINGS),
+        help="THREADS:WAIT pairs to measure, comma separated (default: all four)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--wait", default="passive", help=argparse.SUPPRESS)
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
         args.models = str(models)
     print(f"CPUs usable: {len(os.sched_getaffinity(0))}; shape {args.shape}; neighbour: 2-thread matmul, spinning")
     rows = {}
-    for threads, wait in SETTINGS:
+    settings = [(int(item.split(":")[0]), item.split(":")[1]) for item in args.settings.split(",")]
+    for threads, wait in settings:
         command = [sys.executable, __file__, "--child", "--models", args.models, "--threads", str(threads)]
         command += ["--wait", wait, "--frames", str(args.frames), "--repeats", str(args.repeats)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -103,7 +109,7 @@ def main(argv=None) -> int:
             continue
         rows[(threads, wait)] = json.loads(lines[-1][5:])
         print(f"{threads} threads, {wait}: {rows[(threads, wait)]}", flush=True)
-    base = rows.get(SETTINGS[0])
+    base = rows.get(settings[0])
     print("\nsetting | TTS s/s quiet | loaded | loaded/quiet | ASR s quiet | loaded | loaded/quiet | quiet vs 2 active")
     for (threads, wait), r in rows.items():
         tts_ratio, asr_ratio = r["tts_loaded"] / r["tts_quiet"], r["asr_loaded"] / r["asr_quiet"]
