@@ -286,3 +286,12 @@ async def test_the_worker_computes_with_the_thread_settings_it_was_given(server_
         item.split("=", 1) for item in Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in item
     )
     assert (environ["OMP_NUM_THREADS"], environ["OMP_WAIT_POLICY"], environ["GOMP_SPINCOUNT"]) == ("1", "PASSIVE", "0")
+
+
+@pytest.mark.parametrize("kernel, logged", [("int_mm", "torch._int_mm"), ("fbgemm", "fbgemm kernels")])
+async def test_the_int8_kernel_option_reaches_the_worker(server_process, asr_model_dir, kernel, logged):
+    """--int8-kernel is read where the model loads: in the worker, which the gateway starts."""
+    server = await server_process("wyoming_qwen_asr", "--model", str(asr_model_dir), "--int8-kernel", kernel)
+    assert (await transcribe(server))[-1].type == "transcript-stop"
+    quantized = [line for line in server.log().splitlines() if "Quantized" in line]
+    assert quantized and all(logged in line for line in quantized), quantized
