@@ -32,7 +32,7 @@ async def read_all(client, timeout: float = 60.0) -> list:
     return events
 
 
-def test_the_long_text_is_one_request():
+async def test_the_long_text_is_one_request():
     assert 4000 < len(LONG_TEXT) < 5000
 
 
