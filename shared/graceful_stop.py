@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from wyoming.server import AsyncServer
 
@@ -28,8 +28,19 @@ STOPPING_CODE = "server-stopping"
 POLL = 0.05
 
 
-async def serve_until_stopped(server: AsyncServer, handler_factory: Callable, grace: float) -> None:
-    """Serve with `server` until SIGTERM, then stop as the module docstring says."""
+async def serve_until_stopped(
+    server: AsyncServer, handler_factory: Callable, grace: float, new_tracker: Optional[Callable] = None
+) -> None:
+    """Serve with `server` until SIGTERM, then stop as the module docstring says. `new_tracker` makes each
+    connection's `ReplyTracker` (its `replies`), which says when a request is under way."""
+    if new_tracker is not None:
+        make_handler = handler_factory
+
+        def handler_factory(reader, writer):
+            handler = make_handler(reader, writer)
+            handler.replies = new_tracker()
+            return handler
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = False

@@ -122,18 +122,12 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         args.spare_worker,
     )
     server = make_server(args.uri)
-
-    def handler_factory(reader, writer):
-        handler = gateway.handler_factory(reader, writer)
-        handler.replies = kind.reply_tracker()
-        return handler
-
     preload = asyncio.create_task(gateway.preload()) if args.preload else None
     if args.spare_worker and not args.preload:
         gateway.start_spare()
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
-        await serve_until_stopped(server, handler_factory, args.stop_grace)
+        await serve_until_stopped(server, gateway.handler_factory, args.stop_grace, kind.reply_tracker)
     finally:
         if preload is not None:
             preload.cancel()

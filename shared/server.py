@@ -70,15 +70,8 @@ async def serve_app(app: ServedApp, args: argparse.Namespace, new_tracker: Optio
     if args.preload:
         app.manager.preload_in_background(app.preload_key)
     server = make_server(args.uri)
-
-    def handler_factory(reader, writer):
-        handler = app.handler(reader, writer)
-        if new_tracker is not None:
-            handler.replies = new_tracker()
-        return handler
-
     _LOGGER.info("Ready on %s", args.uri)
-    await serve_until_stopped(server, handler_factory, args.stop_grace)
+    await serve_until_stopped(server, app.handler, args.stop_grace, new_tracker)
     await _inference_done(app, args.stop_grace)
 
 
