@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -366,7 +367,8 @@ def test_dockerfile_installs_and_checks_the_server(kind):
     words = shlex.split(dockerfile.replace("\\\n", " "), comments=True)
     assert words[:4] == ["ARG", "BUILD_FROM=ghcr.io/home-assistant/base-debian:trixie", "FROM", "${BUILD_FROM}"]
     archive = REPOSITORY_URL + "/archive/refs/tags/v${WYOMING_QWEN_VERSION}.tar.gz"
-    assert archive in words
+    assert f"WYOMING_QWEN_SOURCE={archive}" in words  # the release by default (script/test-images serves its own)
+    assert '"${WYOMING_QWEN_SOURCE}"' in dockerfile
     install = words.index("/usr/src/wyoming-qwen/script/install-server")
     assert words[install + 1 : install + 4] == [app.kind, "--venv", "/opt/wyoming-qwen"]
     assert "--cuda" not in words
@@ -380,51 +382,13 @@ def test_dockerfile_installs_and_checks_the_server(kind):
 
 # --- the scripts, run under a stand-in bashio ---------------------------------------------------------------
 
-FAKE_BASHIO_LIB = r"""
-# A stand-in for bashio: options come from FAKE_OPT_<option> (unset: null), discovery calls are recorded.
-bashio::log() { printf '[%s] %s\n' "$1" "${*:2}" >&2; }
-bashio::log.trace() { :; }
-bashio::log.debug() { bashio::log DEBUG "$@"; }
-bashio::log.info() { bashio::log INFO "$@"; }
-bashio::log.notice() { bashio::log NOTICE "$@"; }
-bashio::log.warning() { bashio::log WARNING "$@"; }
-bashio::log.error() { bashio::log ERROR "$@"; }
-bashio::log.fatal() { bashio::log FATAL "$@"; }
-bashio::exit.nok() { [[ $# -gt 0 ]] && bashio::log.fatal "$@"; exit 1; }
-bashio::exit.ok() { exit 0; }
-bashio::config() {
-    local var="FAKE_OPT_${1}"
-    if [[ -n "${!var+set}" ]]; then printf '%s' "${!var}"; else printf '%s' "${2:-null}"; fi
-}
-bashio::config.exists() { [[ "$(bashio::config "$1")" != "null" ]]; }
-bashio::config.has_value() { local v; v="$(bashio::config "$1")"; [[ "${v}" != "null" && -n "${v}" ]]; }
-bashio::config.is_empty() { ! bashio::config.has_value "$1"; }
-bashio::config.equals() { [[ "$(bashio::config "$1")" == "$2" ]]; }
-bashio::config.true() { [[ "$(bashio::config "$1")" == "true" ]]; }
-bashio::config.false() { [[ "$(bashio::config "$1")" == "false" ]]; }
-bashio::var.json() { "${FAKE_PYTHON}" "${FAKE_DIR}/var_json.py" "$@"; }
-bashio::discovery() {
-    "${FAKE_PYTHON}" "${FAKE_DIR}/var_json.py" service "$1" config "^$2" >> "${FAKE_DISCOVERY_LOG}"
-    echo "fake-discovery-uuid"
-}
-# the TTS run script creates its voices folder in /config: record that instead
-mkdir() { printf '%s\n' "$*" >> "${FAKE_MKDIR_LOG}"; }
-"""
-
-# what /usr/bin/bashio does: strict mode, the library, then the script
-FAKE_BASHIO = """#!/usr/bin/env bash
-set -o errexit -o errtrace -o nounset -o pipefail
-shopt -s inherit_errexit
-source "${FAKE_DIR}/bashio.sh"
-script="${1:?script to source must be provided}"
-shift
-source "${script}" "$@"
-"""
-
-# bashio::var.json: key/value pairs to a JSON object; a value starting with ^ is JSON already
-VAR_JSON = """import json, sys
-pairs = sys.argv[1:]
-print(json.dumps({k: json.loads(v[1:]) if v.startswith("^") else v for k, v in zip(pairs[::2], pairs[1::2])}))
+# bashio: the stand-in of script/test-images' base image (options from a JSON file as the Supervisor writes it,
+# discovery calls recorded as JSON lines), with mkdir recorded instead of run: the TTS run script creates its
+# voices folder in /config
+STAND_IN = Path(__file__).resolve().parent / "images" / "ha-base" / "rootfs"
+FAKE_BASHIO_LIB = f"""
+source "{STAND_IN / "usr" / "lib" / "bashio" / "bashio.sh"}"
+mkdir() {{ printf '%s\\n' "$*" >> "${{FAKE_MKDIR_LOG}}"; }}
 """
 
 # the server: record its command line and process id, then exit
@@ -445,9 +409,8 @@ def fake_bashio(tmp_path):
     bin_dir = fake / "bin"
     bin_dir.mkdir(parents=True)
     (fake / "bashio.sh").write_text(FAKE_BASHIO_LIB)
-    (fake / "var_json.py").write_text(VAR_JSON)
+    shutil.copy(STAND_IN / "usr" / "bin" / "bashio", bin_dir / "bashio")
     executables = {
-        bin_dir / "bashio": FAKE_BASHIO,
         bin_dir / "hostname": f"#!/bin/sh\necho {FAKE_HOSTNAME}\n",
         **{bin_dir / app.program: FAKE_SERVER.format(python=sys.executable) for app in APPS.values()},
     }
@@ -457,18 +420,18 @@ def fake_bashio(tmp_path):
     logs = {name: tmp_path / f"{name}.log" for name in ("argv", "discovery", "mkdir")}
     base_env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "FAKE_DIR": str(fake),
-        "FAKE_PYTHON": sys.executable,
+        "BASHIO_LIB": str(fake / "bashio.sh"),
+        "BASHIO_OPTIONS": str(fake / "options.json"),
+        "BASHIO_DISCOVERY": str(logs["discovery"]),
         "FAKE_ARGV_LOG": str(logs["argv"]),
-        "FAKE_DISCOVERY_LOG": str(logs["discovery"]),
         "FAKE_MKDIR_LOG": str(logs["mkdir"]),
     }
 
     def start(script: Path, options: Optional[dict] = None, wait: bool = True):
         env = dict(base_env)
-        for name, value in (options or {}).items():
-            if value is not None:  # Supervisor leaves unset optional options out of options.json
-                env[f"FAKE_OPT_{name}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        # the Supervisor leaves unset optional options out of options.json
+        options = {name: value for name, value in (options or {}).items() if value is not None}
+        (fake / "options.json").write_text(json.dumps(options))
         proc = subprocess.Popen(
             [str(bin_dir / "bashio"), str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -27,6 +27,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 SYNOLOGY = ROOT / "addon" / "synology" / "docker-compose.yml"
 SYNOLOGY_GUIDE = ROOT / "addon" / "synology" / "README.md"
+HA_BASE = ROOT / "tests" / "images" / "ha-base"
 OPTIONS = {"asr": asr_options, "tts": tts_options}
 PROGRAMS = {"asr": "qwen3-asr", "tts": "qwen3-tts"}
 # environment variables the files may set besides the servers' own QWEN_<KIND>_* options
@@ -47,21 +48,23 @@ def run(*command, **kwargs) -> subprocess.CompletedProcess:
 def test_dockerfiles_build_with_the_classic_builder_and_offline():
     """Debian's docker has no buildx, so the classic builder is all it has, and it rejects `RUN --mount`;
     a `# syntax=` line makes BuildKit fetch a frontend image from Docker Hub, which fails offline."""
-    for dockerfile in [ROOT / "Dockerfile", *sorted(ROOT.glob("addon/*/Dockerfile"))]:
+    for dockerfile in [ROOT / "Dockerfile", *sorted(ROOT.glob("addon/*/Dockerfile")), HA_BASE / "Dockerfile"]:
         text = dockerfile.read_text()
         assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE), dockerfile
         assert not re.search(r"^RUN\s+--mount", text, re.MULTILINE), dockerfile
 
 
 def test_hadolint_is_clean():
-    result = run(BIN / "hadolint", DOCKERFILE)
+    result = run(BIN / "hadolint", DOCKERFILE, HA_BASE / "Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_shellcheck_is_clean_on_every_script():
-    """script/install-server and the other scripts of the repository (the add-on's are in test_addon.py)."""
-    scripts = [*sorted((ROOT / "script").iterdir()), ROOT / ".ci" / "run"]
-    assert ROOT / "script" / "install-server" in scripts and len(scripts) >= 8
+    """script/install-server and the other scripts of the repository, and script/test-images' stand-in for
+    Home Assistant's base image (the add-on's scripts are in test_addon.py)."""
+    stand_in = [path for path in sorted((HA_BASE / "rootfs").rglob("*")) if path.is_file()]
+    scripts = [*sorted((ROOT / "script").iterdir()), ROOT / ".ci" / "run", *stand_in]
+    assert ROOT / "script" / "install-server" in scripts and len(scripts) >= 8 and len(stand_in) == 5
     result = run(BIN / "shellcheck", "--shell=bash", *scripts)
     assert result.returncode == 0, result.stdout + result.stderr
 
