@@ -21,6 +21,7 @@ SKIPPED = 77
 IMAGES = ("asr", "tts", "addon-asr", "addon-tts")
 
 
+@pytest.mark.timeout(3600)  # about 20 minutes here; the suite's default is 10
 def test_images_build_run_answer_and_stop(tmp_path):
     report = tmp_path / "images.md"
     result = subprocess.run(
