@@ -43,8 +43,8 @@ from wyoming_helpers import (  # noqa: E402
     rss_kib,
     scratch_dir,
     send_audio,
+    spawn_server,
     speechlike,
-    wait_until_listening,
 )
 
 COMMAND_SECONDS = 3.0
@@ -71,10 +71,7 @@ class Server:
         self.log_path = workdir / f"{name}.log"
 
     async def __aenter__(self):
-        log = open(self.log_path, "wb")
-        command = [sys.executable, "-m", self.module, "--uri", self.uri, "--device", "cpu", *self.args]
-        self.process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, cwd=ROOT)
-        await wait_until_listening(self.process, self.uri, self.log_path, self.name)
+        self.process = await spawn_server(self.module, self.uri, self.log_path, *self.args)
         await asyncio.sleep(0.5)
         return self
 

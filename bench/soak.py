@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402  (sets the offline environment)
-from wyoming_helpers import children, rss_kib, speechlike, wait_until_listening  # noqa: E402
+from wyoming_helpers import children, rss_kib, spawn_server, speechlike, stop_server  # noqa: E402
 
 IDLE_UNLOAD = 10**6  # seconds: the worker must not be stopped during the run
 MEMORY_AT = 100  # request after which memory is first measured (scaled down for short runs)
@@ -84,34 +84,8 @@ class Server:
 async def start_server(name: str, module: str, args: List[str], workdir: Path) -> Server:
     uri = f"unix://{workdir}/{name}.sock"
     log_path = workdir / f"{name}.log"
-    log = open(log_path, "wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        "--uri",
-        uri,
-        "--device",
-        "cpu",
-        "--idle-unload",
-        str(IDLE_UNLOAD),
-        *args,
-        stdout=log,
-        stderr=log,
-        cwd=ROOT,
-    )
-    await wait_until_listening(process, uri, log_path, module)
+    process = await spawn_server(module, uri, log_path, "--idle-unload", str(IDLE_UNLOAD), *args)
     return Server(name, process, uri, log_path)
-
-
-async def stop_server(server: Server) -> None:
-    if server.process.returncode is None:
-        server.process.terminate()
-        try:
-            await asyncio.wait_for(server.process.wait(), 30)
-        except asyncio.TimeoutError:
-            server.process.kill()
-            await server.process.wait()
 
 
 # -- raw connections ----------------------------------------------------------------------------------
@@ -607,7 +581,7 @@ async def soak(
                 report.final_check[name] = f"{type(err).__name__}: {err}"
     finally:
         for server in servers.values():
-            await stop_server(server)
+            await stop_server(server.process)
     print_report(report, servers, log)
     return report
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from wyoming_helpers import (  # noqa: E402
     free_port,
     never_reading_client,
     scratch_dir,
+    spawn_server,
     tts_args,
-    wait_until_listening,
 )
 
 TARGET = 2.0
@@ -39,12 +38,9 @@ TARGET = 2.0
 async def server(models: Path, voices: Path, workdir: Path, *extra: str):
     port = free_port()
     uri = f"tcp://127.0.0.1:{port}"
-    log_path = workdir / f"tts-{port}.log"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wyoming_qwen_tts", "--uri", uri, "--device", "cpu", *tts_args(models, voices, *extra),
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    await wait_until_listening(process, uri, log_path, "the TTS server")
+    process = await spawn_server(
+        "wyoming_qwen_tts", uri, workdir / f"tts-{port}.log", *tts_args(models, voices, *extra)
+    )
     return process, port, uri
 
 

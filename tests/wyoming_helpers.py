@@ -7,6 +7,8 @@ import atexit
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import List, Optional
 import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> bytes:
@@ -115,6 +119,29 @@ async def wait_until_listening(process, uri: str, log_path: Path, what: str, att
         except OSError:
             await asyncio.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {uri}; see {log_path}")
+
+
+async def spawn_server(module: str, uri: str, log_path: Path, *args: str) -> "asyncio.subprocess.Process":
+    """`python -m module --uri uri --device cpu *args` in the repository, its output in `log_path`, once it
+    listens (the benchmarks' servers: bench/stuck_client.py, cold_start.py and soak.py)."""
+    with open(log_path, "wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--uri", uri, "--device", "cpu", *args,
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    await wait_until_listening(process, uri, log_path, module)
+    return process
+
+
+async def stop_server(process, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL when it has not ended after `timeout` seconds."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 # -- clients that stop reading (tests/test_stuck_client.py, bench/stuck_client.py) -------------------------
