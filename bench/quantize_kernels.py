@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         "float32": model,
         "torch._int_mm, per-token activations, unfused": replaced(model, Int8Linear),
         "torch._int_mm, gate/up fused": ours(model, "int_mm"),
-        "fbgemm packed, per-row scaled, gate/up fused (ours)": ours(model),
+        "fbgemm packed, per-row quantized, gate/up fused (ours)": ours(model),
         "aten._weight_int8pack_mm (weight-only)": replaced(model, WeightOnlyInt8),
         "torch.ao quantize_dynamic (deprecated)": torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8

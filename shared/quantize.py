@@ -23,8 +23,10 @@ are in the README):
 So on a CPU the products run through fbgemm's packed int8 kernel (`quantized.linear_dynamic`), 1.5-2x as
 fast as `_int_mm` for one row at the 0.6B widths (0.30 against 0.46 x float32 in one run of `script/bench
 quantize-kernels`; about even at 100 rows; relative error 0.68% against 0.78%), from the same int8 weights
-and scales (no quantized module types): each row is first divided by its largest magnitude, so fbgemm's
-per-tensor activation quantization is per row as ours is, at full 8-bit range where the CPU multiplies
+and scales (no quantized module types; the packed form holds the channel scales). fbgemm quantizes
+activations per tensor: that is per row for one row (a decode step, which then costs one call and nothing
+around it), and for several rows each is first divided by its largest magnitude, so that its quantization
+is per row as ours is. Activations use the full 8-bit range where the CPU multiplies
 without 16-bit saturation (probed at load; `_probe_fbgemm`), 7-bit where it does. Where fbgemm is missing
 (a build without it, ARM, or a later PyTorch that dropped it), and on CUDA, `_int_mm` does it.
 The price: fbgemm's packed form takes about twice the bytes of the int8 matrix, and packing takes 2-4 s
@@ -63,13 +65,17 @@ def resolve_quantize(mode: str, device: str) -> str:
     return mode
 
 
-def int8_product(rows: torch.Tensor, weight: torch.Tensor, packed=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize float `rows` per row and multiply with the int8 `weight` (out x in), or with its fbgemm
-    `packed` form where there is one: the product and the row scales, whose product with the weight's
-    channel scales rescales it."""
+def int8_product(rows: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, packed=None) -> torch.Tensor:
+    """`rows` times the int8 `weight` (out x in, one scale per output channel), with the rows quantized per
+    row: through fbgemm's `packed` form where there is one (it holds the channel scales), else `_int_mm`."""
     if packed is not None:
+        if rows.shape[0] == 1:
+            # fbgemm quantizes activations per tensor, which for one row is per row: nothing to do around
+            # the call (the decode steps' case, where the few element-wise ops around each product cost
+            # as much as the product)
+            return torch.ops.quantized.linear_dynamic(rows, packed, _fbgemm_reduce_range())
         row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
-        return torch.ops.quantized.linear_dynamic(rows / row_scale, packed, _fbgemm_reduce_range()), row_scale
+        return torch.ops.quantized.linear_dynamic(rows / row_scale, packed, _fbgemm_reduce_range()).mul_(row_scale)
     row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
     quantized = torch.round(rows / row_scale).to(torch.int8)
     count = quantized.shape[0]
@@ -77,7 +83,7 @@ def int8_product(rows: torch.Tensor, weight: torch.Tensor, packed=None) -> tuple
         quantized = torch.cat([quantized, quantized.new_zeros(17 - count, quantized.shape[1])])
     # `weight.t()`, not a transposed copy: for one row the CPU kernel is then 1.4x faster on weights read
     # from memory, 3-4x on weights in cache; from 2 rows on the two layouts are about even
-    return torch._int_mm(quantized, weight.t())[:count], row_scale
+    return torch._int_mm(quantized, weight.t())[:count] * (row_scale * weight_scale)
 
 
 class Int8Linear(nn.Module):
@@ -102,10 +108,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
         if self.siblings is None:
-            product, row_scale = int8_product(rows, self.weight_int8, self.packed)
+            out = int8_product(rows, self.weight_int8, self.weight_scale, self.packed)
         else:
-            product, row_scale = self.siblings.product(self, x, rows)
-        out = product * (row_scale * self.weight_scale)
+            out = self.siblings.product(self, x, rows)
         if self.bias is not None:
             out = out + self.bias.float()
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -119,35 +124,37 @@ class Int8Linear(nn.Module):
 class Siblings:
     """Int8 layers that read the same input (q/k/v, gate/up): one quantization and one product for all.
 
-    Their weights become row blocks of one int8 matrix. The first layer computes the whole product and the
-    others take their columns of it when their input is the same tensor (on any other input they compute
-    it anew); each output channel is its own dot product, so the outputs are bitwise those of separate
-    layers. Each layer still applies its own scales and bias. The matrix is no buffer: quantize after
-    moving the model to its device.
+    Their weights and scales become row blocks of one int8 matrix and one scale vector. The first layer
+    computes the whole product and the others take their columns of it when their input is the same tensor
+    (on any other input they compute it anew); each output channel is its own dot product with its own
+    scale, so the outputs are bitwise those of separate layers. Each layer still adds its own bias. The
+    matrix is no buffer: quantize after moving the model to its device.
     """
 
     def __init__(self, layers: list[Int8Linear]) -> None:
         self.layers = layers
         self.weight = torch.cat([layer.weight_int8 for layer in layers])
+        self.weight_scale = torch.cat([layer.weight_scale for layer in layers])
         self.columns: dict[Int8Linear, slice] = {}
         start = 0
         for layer in layers:
             self.columns[layer] = slice(start, start + layer.out_features)
-            layer.weight_int8 = self.weight[self.columns[layer]]  # a view: the weights are stored once
+            layer.weight_int8 = self.weight[self.columns[layer]]  # views: weights and scales are stored once
+            layer.weight_scale = self.weight_scale[self.columns[layer]]
             layer.siblings = self
             start += layer.out_features
-        self._input = self._product = self._row_scale = None
+        self._input = self._product = None
         self.packed = None
 
-    def product(self, layer: Int8Linear, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def product(self, layer: Int8Linear, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # the first layer always recomputes, so an input changed in place between two passes is never stale
         if layer is self.layers[0] or x is not self._input:
-            self._product, self._row_scale = int8_product(rows, self.weight, self.packed)
+            self._product = int8_product(rows, self.weight, self.weight_scale, self.packed)
             self._input = x
-        product, row_scale = self._product[:, self.columns[layer]], self._row_scale
+        product = self._product[:, self.columns[layer]]
         if layer is self.layers[-1]:
-            self._input = self._product = self._row_scale = None  # hold no activations between passes
-        return product, row_scale
+            self._input = self._product = None  # hold no activations between passes
+        return product
 
 
 def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
@@ -164,9 +171,10 @@ def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
                 matrices[id(holder)] = holder
     unpacked = [holder for holder in matrices.values() if holder.packed is None]
     weights = [holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight for holder in unpacked]
+    scales = [holder.weight_scale for holder in unpacked]
     # packing is single-threaded and releases the GIL: one thread per compute thread
     with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack") as pool:
-        for holder, packed in zip(unpacked, pool.map(_prepack, weights), strict=True):
+        for holder, packed in zip(unpacked, pool.map(_prepack, weights, scales), strict=True):
             holder.packed = packed
     for holder in matrices.values():  # the plain weights are no longer read: free them
         layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
@@ -184,13 +192,14 @@ def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
 _RELEASED = torch.empty(0, dtype=torch.int8)
 
 
-def _prepack(weight: torch.Tensor):
-    """fbgemm's packed form of an int8 matrix (out x in) with unit scales: our scales are applied outside."""
+def _prepack(weight: torch.Tensor, scale: Optional[torch.Tensor] = None):
+    """fbgemm's packed form of an int8 matrix (out x in) with its per-channel scales (default: 1)."""
     channels = weight.shape[0]
+    scale = torch.ones(channels, dtype=torch.double) if scale is None else scale.double()
     with warnings.catch_warnings():  # the quantized tensor type is deprecated; it lives only for this call
         warnings.simplefilter("ignore")
         quantized = torch._make_per_channel_quantized_tensor(
-            weight.contiguous(), torch.ones(channels, dtype=torch.double), torch.zeros(channels, dtype=torch.long), 0
+            weight.contiguous(), scale, torch.zeros(channels, dtype=torch.long), 0
         )
         return torch.ops.quantized.linear_prepack(quantized, None)
 
