@@ -29,6 +29,7 @@ from wyoming_helpers import (  # noqa: E402
     never_reading_client,
     scratch_dir,
     spawn_server,
+    stop_server,
     tts_args,
 )
 
@@ -63,8 +64,7 @@ async def run(repeats: int) -> int:
         finally:
             stuck.close()
     finally:
-        process.terminate()
-        await process.wait()
+        await stop_server(process)
 
     process, port, uri = await server(models, voices, workdir, "--write-timeout", "5", "--idle-unload", "2")
     try:
@@ -78,8 +78,7 @@ async def run(repeats: int) -> int:
         finally:
             stuck.close()
     finally:
-        process.terminate()
-        await process.wait()
+        await stop_server(process)
 
     ratio = beside / alone
     print("TTS, tiny checkpoints, a client with a 4 KiB receive buffer that never reads a 95-sentence reading")

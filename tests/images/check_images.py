@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from wyoming_helpers import free_port, speechlike  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 EXIT_SKIP = 77
@@ -87,12 +91,6 @@ def stream(*command, log: Path, **kwargs) -> None:
         result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, text=True, **kwargs)
     if result.returncode != 0:
         raise Failed(f"{' '.join(command)} exited {result.returncode}:\n{log.read_text()[-6000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -498,7 +496,7 @@ class Checker:
         started = time.monotonic()
         if image.server == "asr":
             audio = self.work / "speech.wav"
-            _write_tone(audio)
+            _write_wav(audio, speechlike(2.0))
             answer = run(client, "transcribe", "--uri", uri, "--fast", "--timeout", "240", audio, check=False)
             ok = answer.returncode == 0
             what = "a transcript"
@@ -587,20 +585,12 @@ class Checker:
         raise Failed(f"{image.name}: the add-on sent no discovery:\n{self.logs(name)}")
 
 
-def _write_tone(path: Path, seconds: float = 2.0) -> None:
-    import math
-    import struct
-
-    rate = 16000
-    samples = (
-        int(8000 * math.sin(2 * math.pi * 220 * n / rate) * (1 + math.sin(n / 800)) / 2)
-        for n in range(int(rate * seconds))
-    )
+def _write_wav(path: Path, pcm: bytes, rate: int = 16000) -> None:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(rate)
-        out.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+        out.writeframes(pcm)
 
 
 def _frames(path: Path) -> int:
