@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,10 @@ GRACE = 10  # the servers' default --stop-grace
 STOP_TIMEOUT = 15  # what docker compose and the add-on give them (stop_grace_period, timeout)
 HEALTHY_TIMEOUT = 240
 CPU_TORCH = "torch==2.13.0"
+# free disk a build needs where Docker keeps its layers: the most it used at once here (asr 3 GB with BuildKit,
+# 5 with the classic builder; tts 8.4 and 13, the classic builder's commit copying the 7 GB layer), plus a
+# margin. The tts images hold the CUDA build of torch (see above).
+BUILD_DISK_GB = {"asr": 6, "tts": 15}
 CUDA_TORCH = "torch==2.14.1 torchaudio==2.11.0"
 
 
@@ -107,11 +112,19 @@ def port_is_free(port: int) -> bool:
 
 
 class Engine:
-    """A running Docker engine: the one already there, or Debian's dockerd started here and stopped at the end."""
+    """A running Docker engine: the one already there, or Debian's dockerd started here with its own data root,
+    exec root and socket, stopped at the end and its data root deleted, so that no layer or build cache outlives
+    the check (a TTS build leaves about 7 GB of build cache behind otherwise)."""
 
     def __init__(self, work: Path):
         self.work = work
         self.started: Optional[subprocess.Popen] = None
+        self.data_root: Optional[Path] = None
+        self.exec_root: Optional[Path] = None
+
+    @property
+    def private(self) -> bool:
+        return self.started is not None
 
     def __enter__(self) -> "Engine":
         if shutil.which("docker") is None:
@@ -123,7 +136,11 @@ class Engine:
             raise Skip("no Docker engine answers and there is no dockerd to start (Debian: apt-get install docker.io)")
         if os.geteuid() != 0:
             raise Skip("no Docker engine answers, and only root can start dockerd")
-        say("starting dockerd")
+        self.data_root = self.work / "docker-data"
+        # a short path: the engine's and containerd's sockets live here, and a socket's path has at most 107 bytes
+        self.exec_root = Path(tempfile.mkdtemp(prefix="wq-docker-", dir="/tmp"))
+        socket_path = self.exec_root / "docker.sock"
+        say(f"starting dockerd (data root {self.data_root})")
         log = open(self.work / "dockerd.log", "w")
         # as ../shared/notes/docker.md: no iptables and no bridge on these machines; builds and containers use
         # the host's network
@@ -134,16 +151,22 @@ class Engine:
                 "--ip6tables=false",
                 "--bridge=none",
                 "--storage-driver=overlay2",
-                f"--pidfile={self.work / 'dockerd.pid'}",
+                f"--data-root={self.data_root}",
+                f"--exec-root={self.exec_root}",
+                f"--pidfile={self.exec_root / 'dockerd.pid'}",
+                f"--host=unix://{socket_path}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        # every docker command of this process and its children talks to this engine
+        os.environ["DOCKER_HOST"] = f"unix://{socket_path}"
         deadline = time.monotonic() + 60
         while not self._answers():
             if self.started.poll() is not None or time.monotonic() > deadline:
                 tail = (self.work / "dockerd.log").read_text()[-2000:]
+                self.__exit__()
                 raise Skip(f"dockerd did not start:\n{tail}")
             time.sleep(0.5)
         return self
@@ -151,14 +174,45 @@ class Engine:
     def _answers(self) -> bool:
         return run("docker", "version", "--format", "{{.Server.Version}}", check=False, quiet=True).returncode == 0
 
+    def forget_builds(self) -> None:
+        """Between images: the build cache of the engine started here (the image itself is removed already).
+        An engine that was already running is the user's, and its cache is theirs to prune."""
+        if self.private:
+            run("docker", "builder", "prune", "--all", "--force", check=False, quiet=True)
+            run("docker", "container", "prune", "--force", check=False, quiet=True)
+            run("docker", "image", "prune", "--force", check=False, quiet=True)
+
     def __exit__(self, *exc) -> None:
-        if self.started is not None:
-            say("stopping the dockerd started here")
-            self.started.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.started.wait(timeout=30)
-            if self.started.poll() is None:
-                self.started.kill()
+        if self.started is None:
+            return
+        say("stopping the dockerd started here and deleting its data root")
+        self.started.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.started.wait(timeout=60)
+        if self.started.poll() is None:
+            self.started.kill()
+            self.started.wait()
+        os.environ.pop("DOCKER_HOST", None)
+        for folder in (self.data_root, self.exec_root):
+            if folder is not None and folder.exists():
+                # whatever dockerd left mounted under it, so that the folder can go
+                for mount in reversed(_mounts_under(folder)):
+                    run("umount", "-l", mount, check=False, quiet=True)
+                shutil.rmtree(folder, ignore_errors=True)
+                if folder.exists():
+                    say(f"could not delete {folder}: delete it by hand")
+
+
+def _mounts_under(folder: Path) -> list:
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+
+
+def free_gb(path: Path) -> float:
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,28 +301,60 @@ def ha_base(work: Path) -> str:
 
 
 def wheels(work: Path) -> Path:
-    """torch's two builds and everything they need, downloaded by this machine's pip (which finds the big wheels
-    on this disk), cached."""
-    folder = CACHE / "wheels"
-    done = folder / ".complete"
-    if done.exists():
-        return folder
+    """torch's two builds and everything they need, as this machine's pip resolves them. Wheels that pip finds
+    on this disk (the big ones: torch and NVIDIA's libraries, about 3.5 GB) are linked, not copied; the few it
+    would download are downloaded once and cached."""
+    folder = work / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
-    say("collecting the torch wheels for the local index")
+    downloaded = CACHE / "wheels"
+    say("resolving the torch wheels for the local index")
     for spec in (CPU_TORCH, CUDA_TORCH):
+        report = work / "pip-report.json"
         stream(
             sys.executable,
             "-m",
             "pip",
-            "download",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
             "--disable-pip-version-check",
             "--only-binary=:all:",
-            "--dest",
-            folder,
+            "--report",
+            report,
             *spec.split(),
-            log=work / "pip-download.log",
+            log=work / "pip-resolve.log",
         )
-    done.touch()
+        remote = []
+        for item in json.loads(report.read_text())["install"]:
+            url = item["download_info"]["url"]
+            name = urllib.parse.unquote(url.rsplit("/", 1)[-1].split("#", 1)[0])
+            if url.startswith("file://"):
+                target = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+            else:
+                target = downloaded / name
+                if not target.exists():
+                    remote.append(f"{item['metadata']['name']}=={item['metadata']['version']}")
+            link = folder / name
+            if not link.exists():
+                link.symlink_to(target)
+        if remote:
+            downloaded.mkdir(parents=True, exist_ok=True)
+            stream(
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--no-deps",
+                "--dest",
+                downloaded,
+                *remote,
+                log=work / "pip-download.log",
+            )
+    broken = [link.name for link in folder.iterdir() if not link.exists()]
+    if broken:
+        raise Failed(f"wheels that pip resolved but that are not on disk: {', '.join(broken)}")
     return folder
 
 
@@ -372,7 +458,8 @@ class Result:
 
 
 class Checker:
-    def __init__(self, work: Path, models: Path, index_url: str, source_url: str, keep: bool):
+    def __init__(self, engine: Engine, work: Path, models: Path, index_url: str, source_url: str, keep: bool):
+        self.engine = engine
         self.work = work
         self.models = models
         self.index_url = index_url
@@ -395,6 +482,8 @@ class Checker:
             env["DOCKER_BUILDKIT"] = "1" if buildkit_cli() else "0"
         cli = buildkit_cli() if env["DOCKER_BUILDKIT"] == "1" else "docker"
         command = [cli, "build", "--network", "host", "-t", image.tag]
+        if env["DOCKER_BUILDKIT"] == "0":
+            command.append("--force-rm")  # a failed step's container holds gigabytes otherwise
         if dockerfile is not None:
             command += ["-f", dockerfile, "--target", image.server]
         for key, value in args.items():
@@ -538,6 +627,7 @@ class Checker:
         result = Result(image.name)
         if not port_is_free(image.port):
             raise Failed(f"{image.name}: port {image.port} is taken on this machine; the container needs it")
+        self.check_disk(image)
         self.build(image, result)
         data = self.work / f"data-{image.name}"
         name = self.run_container(image, data)
@@ -568,7 +658,22 @@ class Checker:
                 check=False,
                 quiet=True,
             )
+            if not self.keep:
+                self.engine.forget_builds()
         return result
+
+    def check_disk(self, image: Image) -> None:
+        """A build that runs out of disk fails deep in pip's output, and may leave others without room: say
+        first, plainly, when there is not enough."""
+        where = self.engine.data_root or Path("/var/lib/docker")
+        need = BUILD_DISK_GB[image.server]
+        free = free_gb(where)
+        if free < need:
+            raise Failed(
+                f"{image.name}: building it takes about {need} GB of free disk where Docker keeps its layers "
+                f"({where}); only {free:.1f} GB are free. Free some (docker system df; docker builder prune) and "
+                "run it again."
+            )
 
     def check_discovery(self, name: str, image: Image, result: Result) -> None:
         """The add-on announced itself to the (stand-in) Supervisor with the right port."""
@@ -628,7 +733,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         os.chmod(work, 0o755)
         try:
-            stack.enter_context(Engine(work))
+            engine = stack.enter_context(Engine(work))
             debian_base(work)
         except Skip as why:
             say(f"skipped: {why}")
@@ -652,7 +757,7 @@ def main(argv=None) -> int:
         server = LocalServer(served)
         stack.callback(server.close)
         port_asr, port_tts = free_port(), free_port()
-        checker = Checker(work, models, server.url, f"{server.url}/wyoming-qwen-src.tar.gz", args.keep)
+        checker = Checker(engine, work, models, server.url, f"{server.url}/wyoming-qwen-src.tar.gz", args.keep)
         results, failures = [], []
         for name in chosen:
             try:
