@@ -177,6 +177,19 @@ def test_cloned_voice_decoder_primed_with_the_reference(models, clone_prompt):
     assert np.abs(got - expected).max() < 1e-4
 
 
+def test_by_default_the_first_audio_goes_out_after_one_frame(models):
+    """On a CPU too (the official loop, no graphs): the first chunk is one frame, then 4, 8 and 12."""
+    from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine
+    from wyoming_qwen_tts.voices import PRESET, Voice
+
+    engine = TtsEngine(models["preset"], "tiny")
+    sizes = []
+    torch.manual_seed(0)
+    frames = engine.stream(LONG_SENTENCE, Voice("ryan", PRESET, "ryan"), "english", lambda a: sizes.append(len(a)))
+    assert frames > 1 + 4 + 8 + 12, frames
+    assert sizes[:4] == [FRAME_SAMPLES, 4 * FRAME_SAMPLES, 8 * FRAME_SAMPLES, 12 * FRAME_SAMPLES]
+
+
 # -- over the socket -----------------------------------------------------------------------------
 
 LONG_SENTENCE = "This single sentence is long enough to take many frames of speech to say out loud."
@@ -190,7 +203,7 @@ def engine_of(server, key="custom-voice"):
 async def test_first_audio_arrives_while_later_frames_are_generated(start_tts):
     from wyoming_qwen_tts.engine import FRAME_SAMPLES, max_frames_for
 
-    server = await start_tts("--first-chunk-frames", "1")
+    server = await start_tts()  # the default first chunk: one frame
     async with server.client() as client:
         await client.write_event(Synthesize(text=LONG_SENTENCE, voice=SynthesizeVoice(name="ryan")).event())
         events = await read_until(client, "audio-chunk", timeout=60)

@@ -37,7 +37,7 @@ def build_parser() -> EnvArgumentParser:
         type=int,
         default=None,
         help="Frame streaming: the first audio of a sentence goes out after this many 12.5 Hz codec frames "
-        "(80 ms each); default 1 with CUDA graphs, else 2",
+        "(80 ms each); default 1",
     )
     parser.add_argument(
         "--no-frame-streaming",
