@@ -2,14 +2,22 @@
 side by side in one run.
 
 The neighbour is what a home server runs next to us: another process doing 2-thread matrix products
-with PyTorch's default (spinning) OpenMP threads, like our own other server synthesizing. Each setting
-runs in a process of its own, because OpenMP reads its settings once, when torch is imported:
+with PyTorch's default (spinning) OpenMP threads, like our own other server synthesizing. OpenMP reads
+its settings once, when torch is imported, so each setting is a resident process of its own with the
+engine loaded. The processes take turns, in a new order each round: these machines share their memory
+bandwidth and caches with other tenants, and their speed drifts by 15% from one minute to the next, so
+settings measured one after the other compare the drift, not the settings. Turns of the same round are
+paired, and each setting's ratio to the first is the median of its paired ratios.
 - TTS: seconds of compute per second of speech (`--frames` frames of one sentence, `--quantize int8`);
 - ASR: one decode of 8 s of speech-like audio to 32 tokens.
-It prints, per setting, both figures quiet and loaded and the ratio loaded/quiet (target: at most 2),
-and each quiet figure against the spinning default's.
+It prints, per setting, both figures quiet and loaded, the ratio loaded/quiet (target: at most 2), and
+the paired ratios to the first setting.
 
-    script/bench cpu-load [--shape real-0.6b] [--frames 24] [--repeats 2] [--models DIR]
+A setting is THREADS:WAIT, WAIT one of the servers' `--cpu-wait` values (`brief:SPINS` sets libgomp's
+spin count, GOMP_SPINCOUNT), or `default`: PyTorch's own threads (spin 300,000 turns, then sleep).
+`--cpu-wait active` cannot take turns: its idle threads spin on for minutes and would load the others.
+
+    script/bench cpu-load [--shape real-0.6b] [--settings 2:passive,2:brief:1000,2:default] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,61 +37,157 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-SETTINGS = ((2, "active"), (2, "brief"), (2, "passive"), (1, "brief"))
+SETTINGS = "2:passive,2:brief:1000,2:brief,2:default"
 TARGET_LOADED_RATIO = 2.0
 NEIGHBOUR = (
     "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 )
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+SENTENCE = "The weather tomorrow will be mild."
 
 
 def child(args) -> int:
-    """One setting: load both engines, measure quiet, start the neighbour, measure again."""
-    from shared import cpu_threads
+    """One setting, resident: load the engine, then measure once per `run` line on stdin."""
+    if args.wait == "default":
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    else:
+        from shared import cpu_threads
 
-    cpu_threads.apply(args.threads, args.wait)
+        cpu_threads.apply(args.threads, args.wait)
     import numpy as np
     import torch
-    from quantize import time_asr, time_tts
-
-    from wyoming_qwen_asr.engine import AsrEngine
-    from wyoming_qwen_tts.engine import TtsEngine
-
-    from wyoming_helpers import speechlike
 
     assert torch.get_num_threads() == args.threads, torch.get_num_threads()
     models = Path(args.models)
-    tts = TtsEngine.load(models / "tts-custom-voice", "tts", "cpu", torch.float32, quantize="int8")
-    asr = AsrEngine.load(models / "asr", "cpu", torch.float32, quantize="int8")
-    audios = [np.frombuffer(speechlike(8.0, seed=s), dtype=np.int16).astype(np.float32) / 32768 for s in range(2)]
-    figures = {}
-    for load in ("quiet", "loaded"):
-        neighbour = None
-        if load == "loaded":
-            neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env={**os.environ, "OMP_WAIT_POLICY": ""})
-            time.sleep(2)
-        try:
-            figures[f"tts_{load}"] = time_tts(tts, args.frames, args.repeats)
-            figures[f"asr_{load}"] = statistics.median(time_asr(asr, audios, 32) for _ in range(args.repeats))
-        finally:
-            if neighbour is not None:
-                neighbour.kill()
-                neighbour.wait()
-    print("JSON " + json.dumps(figures), flush=True)
+    if args.kind == "tts":
+        from wyoming_qwen_tts import engine as engine_module
+        from wyoming_qwen_tts.engine import TtsEngine
+        from wyoming_qwen_tts.voices import PRESET, Voice
+
+        engine_module.FRAMES_PER_CHAR = engine_module.FRAMES_PER_WIDE_CHAR = 0.0
+        engine_module.FRAME_MARGIN = args.frames  # every sentence runs to exactly `frames` frames
+        tts = TtsEngine.load(models / "tts-custom-voice", "tts", "cpu", torch.float32, quantize="int8")
+        voice = Voice(name=sorted(tts.tts.model.config.talker_config.spk_id)[0], kind=PRESET, description="")
+
+        def measure() -> float:
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            made = tts.stream(SENTENCE, voice, "english", lambda _audio: None)
+            assert made == args.frames, made
+            return (time.perf_counter() - started) / (args.frames / 12.5)
+
+    else:
+        from wyoming_qwen_asr.engine import AsrEngine
+
+        from wyoming_helpers import speechlike
+
+        asr = AsrEngine.load(models / "asr", "cpu", torch.float32, quantize="int8")
+        prompt = asr.prompt("", "English")
+        seeds = iter(range(1_000_000))
+
+        def measure() -> float:
+            # a new utterance each turn (the encoder cache never hits), the same sequence in every setting
+            pcm = speechlike(8.0, seed=next(seeds))
+            audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768
+            started = time.perf_counter()
+            asr.decode(audio, prompt, [], max_new_tokens=32)
+            return time.perf_counter() - started
+
+    measure()  # the first run of a process pays one-time costs
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        print("JSON " + json.dumps(measure()), flush=True)
     return 0
+
+
+class Resident:
+    """A child process of one setting, waiting for its turns."""
+
+    def __init__(self, setting: str, kind: str, args) -> None:
+        self.setting = setting
+        threads, wait = setting.split(":", 1)
+        policy, _, spins = wait.partition(":")
+        env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
+        if spins:
+            env["GOMP_SPINCOUNT"] = spins  # kept by cpu_threads.apply for brief
+        command = [sys.executable, __file__, "--child", "--kind", kind, "--models", str(args.models)]
+        command += ["--threads", threads, "--wait", policy, "--frames", str(args.frames)]
+        self.log = tempfile.TemporaryFile("w+")  # the models' chatter; its tail if the child fails
+        self.process = subprocess.Popen(
+            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+        self._read("READY")
+
+    def _read(self, prefix: str) -> str:
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                self.log.seek(0)
+                raise RuntimeError(
+                    f"the {self.setting} child exited ({self.process.wait()}):\n{self.log.read()[-3000:]}"
+                )
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+
+    def measure(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return json.loads(self._read("JSON "))
+
+    def close(self) -> None:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def rounds(residents: dict, count: int) -> dict:
+    """`count` rounds of one turn per setting, in a new order each round: {setting: [seconds per round]}."""
+    figures = {setting: [] for setting in residents}
+    for index in range(count):
+        order = list(residents)
+        random.Random(index).shuffle(order)
+        for setting in order:
+            figures[setting].append(residents[setting].measure())
+    return figures
+
+
+def measure_kind(kind: str, settings: list, args) -> dict:
+    """Quiet rounds, then the same beside the neighbour: {setting: {"quiet": [...], "loaded": [...]}}."""
+    residents = {}
+    try:
+        for setting in settings:  # one at a time: each load takes the cores
+            residents[setting] = Resident(setting, kind, args)
+        quiet = rounds(residents, args.rounds)
+        spinning = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=spinning)
+        try:
+            time.sleep(2)
+            loaded = rounds(residents, args.rounds)
+        finally:
+            neighbour.kill()
+            neighbour.wait()
+    finally:
+        for resident in residents.values():
+            resident.close()
+    return {setting: {"quiet": quiet[setting], "loaded": loaded[setting]} for setting in settings}
+
+
+def paired(values: list, base: list) -> float:
+    return statistics.median(a / b for a, b in zip(values, base, strict=True))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="real-0.6b")
     parser.add_argument("--models", help="a folder with asr/ and tts-custom-voice/ (default: built now)")
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
-        "--settings",
-        default=",".join(f"{threads}:{wait}" for threads, wait in SETTINGS),
-        help="THREADS:WAIT pairs to measure, comma separated (default: all four)",
-    )
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--settings", default=SETTINGS, help=f"comma separated (default: {SETTINGS})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="tts", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--wait", default="passive", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -96,36 +202,25 @@ def main(argv=None) -> int:
         tiny_models.build_asr(models / "asr", shape=args.shape)
         tiny_models.build_tts(models / "tts-custom-voice", shape=args.shape)
         args.models = str(models)
+    settings = args.settings.split(",")
     print(f"CPUs usable: {len(os.sched_getaffinity(0))}; shape {args.shape}; neighbour: 2-thread matmul, spinning")
-    rows = {}
-    settings = [(int(item.split(":")[0]), item.split(":")[1]) for item in args.settings.split(",")]
-    for threads, wait in settings:
-        command = [sys.executable, __file__, "--child", "--models", args.models, "--threads", str(threads)]
-        command += ["--wait", wait, "--frames", str(args.frames), "--repeats", str(args.repeats)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("JSON ")]
-        if done.returncode != 0 or not lines:
-            print(f"{threads} threads, {wait}: failed\n{done.stderr[-2000:]}")
-            continue
-        rows[(threads, wait)] = json.loads(lines[-1][5:])
-        print(f"{threads} threads, {wait}: {rows[(threads, wait)]}", flush=True)
-    base = rows.get(settings[0])
-    print("\nsetting | TTS s/s quiet | loaded | loaded/quiet | ASR s quiet | loaded | loaded/quiet | quiet vs 2 active")
-    for (threads, wait), r in rows.items():
-        tts_ratio, asr_ratio = r["tts_loaded"] / r["tts_quiet"], r["asr_loaded"] / r["asr_quiet"]
-        against = "-"
-        if base:
-            against = f"TTS {r['tts_quiet'] / base['tts_quiet']:.2f}, ASR {r['asr_quiet'] / base['asr_quiet']:.2f}"
-        print(
-            f"{threads} threads, {wait} | {r['tts_quiet']:.2f} | {r['tts_loaded']:.2f} | {tts_ratio:.2f} | "
-            f"{r['asr_quiet']:.2f} | {r['asr_loaded']:.2f} | {asr_ratio:.2f} | {against}"
-        )
-    print(f"target: loaded/quiet at most {TARGET_LOADED_RATIO} for the default (2 threads, passive)")
-    default = rows.get((2, "passive"))
-    if default is None:
-        return 1
-    worst = max(default["tts_loaded"] / default["tts_quiet"], default["asr_loaded"] / default["asr_quiet"])
-    return 0 if worst <= TARGET_LOADED_RATIO else 1
+    print(f"{args.rounds} rounds per phase, settings taking turns in a new order each round; medians")
+    worst = {}
+    for kind, unit in (("tts", "s per s of speech"), ("asr", "s for 8 s of audio")):
+        figures = measure_kind(kind, settings, args)
+        base = figures[settings[0]]
+        print(f"\n{kind.upper()} ({unit})")
+        print(f"setting | quiet | loaded | loaded/quiet | quiet vs {settings[0]} | loaded vs {settings[0]}")
+        for setting, f in figures.items():
+            quiet, loaded = statistics.median(f["quiet"]), statistics.median(f["loaded"])
+            worst[setting] = max(worst.get(setting, 0.0), loaded / quiet)
+            print(
+                f"{setting} | {quiet:.2f} | {loaded:.2f} | {loaded / quiet:.2f} | "
+                f"{paired(f['quiet'], base['quiet']):.3f} | {paired(f['loaded'], base['loaded']):.3f}"
+            )
+    print(f"\ntarget: loaded/quiet at most {TARGET_LOADED_RATIO} for the servers' default (2:passive)")
+    default = worst.get("2:passive")
+    return 1 if default is None or default > TARGET_LOADED_RATIO else 0
 
 
 if __name__ == "__main__":

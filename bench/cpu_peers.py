@@ -231,7 +231,7 @@ def print_report(jobs: List[Job], figures: dict, targets: dict, head: List[str])
     ours_tts = next(job for job in jobs if job.key == "ours-tts")
     print(
         f"\nTTS: {len(SENTENCE)} characters to {FRAMES} frames ({FRAMES / 12.5:.2f} s of audio), speaker ryan; "
-        f"ours streams with a first chunk of {cell(ours_tts.details.get('first_chunk_frames'))} frames"
+        f"ours streams with a first chunk of {cell(ours_tts.details.get('first_chunk_frames'))} frame(s)"
     )
     print("system | format | compute s per s of audio | first audio s | audio s | load s | foreign | runs | error")
     for job in (job for job in jobs if job.task == "tts"):

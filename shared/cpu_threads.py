@@ -6,10 +6,10 @@ PyTorch's CPU kernels run on an OpenMP pool. By default its threads spin at ever
 an idle machine and the worst on a busy one: when another multi-threaded process (our own other server,
 a second model, a backup job) holds one of the cores, a spinning thread burns the time slice its
 partner needs, and every operator waits for the slowest thread. `script/bench cpu-load` at the real
-0.6B shape, 2 threads on 2 cores, beside a 2-thread matrix-multiply neighbour, loaded time / quiet time:
-active (spinning) TTS 4.1, ASR 4.5; brief (10,000 turns, then sleep) 2.4 and 2.8; passive (sleep at
-once, the default) 1.45 and 1.6. Passive costs 1.27x (TTS) and 1.21x (ASR) against active on the idle
-machine, and is 2.2x faster than active beside the neighbour.
+0.6B shape, 2 threads on 2 cores, settings taking turns, beside a 2-thread matrix-multiply neighbour
+with spinning threads, loaded time / quiet time: PyTorch's default TTS 33, ASR 4.1; brief (10,000
+turns, then sleep) 2.9 and 2.9; passive (sleep at once, the default) 1.5 and 1.9. Passive costs about
+10% against spinning on the idle machine (TTS 0.91, ASR 0.88 of its time spinning).
 
 Both settings reach OpenMP through the environment, which it reads once when PyTorch is first imported,
 so `apply` runs before any import of torch, in the process the user starts; a worker process inherits
