@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from wyoming_helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED = 77
 IMAGES = ("asr", "tts", "addon-asr", "addon-tts")
@@ -51,3 +53,21 @@ def test_images_build_run_answer_and_stop(tmp_path):
         # the engine started for the check kept its layers and build cache in the check's folder: all gone
         assert not (tmp_path / "work" / "docker-data").exists(), "the check's Docker data root was left behind"
         assert "could not delete" not in output, output[-2000:]
+
+
+def test_a_build_without_room_fails_before_it_starts_saying_how_much_it_needs(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tests" / "images"))
+    import check_images
+
+    engine = check_images.Engine(tmp_path)
+    engine.data_root = tmp_path  # as when the check starts its own dockerd
+    checker = check_images.Checker(engine, tmp_path, tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:1/s", False)
+    monkeypatch.setattr(check_images, "free_gb", lambda path: 2.0)
+    built = []
+    monkeypatch.setattr(checker, "build", lambda image, result: built.append(image.name))
+    tts = check_images.images(free_port(), free_port())["tts"]
+    with pytest.raises(check_images.Failed, match=r"about 15 GB of free disk .*only 2\.0 GB are free"):
+        checker.check(tts)
+    assert built == []
+    monkeypatch.setattr(check_images, "free_gb", lambda path: 100.0)
+    checker.check_disk(tts)  # room enough: no complaint
