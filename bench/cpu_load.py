@@ -43,7 +43,6 @@ NEIGHBOUR = (
     "import torch\ntorch.set_num_threads(2)\na = torch.randn(384, 384)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 )
 OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-SENTENCE = "The weather tomorrow will be mild."
 
 
 def child(args) -> int:
@@ -60,21 +59,14 @@ def child(args) -> int:
     assert torch.get_num_threads() == args.threads, torch.get_num_threads()
     models = Path(args.models)
     if args.kind == "tts":
-        from wyoming_qwen_tts import engine as engine_module
-        from wyoming_qwen_tts.engine import TtsEngine
-        from wyoming_qwen_tts.voices import PRESET, Voice
+        from quantize import tts_once
 
-        engine_module.FRAMES_PER_CHAR = engine_module.FRAMES_PER_WIDE_CHAR = 0.0
-        engine_module.FRAME_MARGIN = args.frames  # every sentence runs to exactly `frames` frames
+        from wyoming_qwen_tts.engine import TtsEngine
+
         tts = TtsEngine.load(models / "tts-custom-voice", "tts", "cpu", torch.float32, quantize="int8")
-        voice = Voice(name=sorted(tts.tts.model.config.talker_config.spk_id)[0], kind=PRESET, description="")
 
         def measure() -> float:
-            torch.manual_seed(0)
-            started = time.perf_counter()
-            made = tts.stream(SENTENCE, voice, "english", lambda _audio: None)
-            assert made == args.frames, made
-            return (time.perf_counter() - started) / (args.frames / 12.5)
+            return tts_once(tts, args.frames)
 
     else:
         from wyoming_qwen_asr.engine import AsrEngine
@@ -102,6 +94,10 @@ def child(args) -> int:
     return 0
 
 
+def without_openmp_wait() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
+
+
 class Resident:
     """A child process of one setting, waiting for its turns."""
 
@@ -109,7 +105,7 @@ class Resident:
         self.setting = setting
         threads, wait = setting.split(":", 1)
         policy, _, spins = wait.partition(":")
-        env = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
+        env = without_openmp_wait()
         if spins:
             env["GOMP_SPINCOUNT"] = spins  # kept by cpu_threads.apply for brief
         command = [sys.executable, __file__, "--child", "--kind", kind, "--models", str(args.models)]
@@ -161,8 +157,8 @@ def measure_kind(kind: str, settings: list, args) -> dict:
         for setting in settings:  # one at a time: each load takes the cores
             residents[setting] = Resident(setting, kind, args)
         quiet = rounds(residents, args.rounds)
-        spinning = {k: v for k, v in os.environ.items() if k not in OPENMP_WAIT}
-        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=spinning)
+        # PyTorch's default (spinning) threads, whatever the settings put in this environment
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=without_openmp_wait())
         try:
             time.sleep(2)
             loaded = rounds(residents, args.rounds)

@@ -103,22 +103,25 @@ def time_asr(engine, audios: list, tokens: int) -> float:
     return statistics.median(times)
 
 
-def time_tts(engine, frames: int, repeats: int) -> float:
-    """Seconds of compute per second of speech: `frames` frames of one sentence, streamed and decoded."""
+def tts_once(engine, frames: int) -> float:
+    """Seconds of compute per second of speech for one sentence of exactly `frames` frames, streamed and
+    decoded (seeded, so every run speaks the same codes)."""
     from wyoming_qwen_tts import engine as engine_module
     from wyoming_qwen_tts.voices import PRESET, Voice
 
     engine_module.FRAMES_PER_CHAR = engine_module.FRAMES_PER_WIDE_CHAR = 0.0
     engine_module.FRAME_MARGIN = frames  # every sentence runs to exactly `frames` frames
     voice = Voice(name=sorted(engine.tts.model.config.talker_config.spk_id)[0], kind=PRESET, description="")
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        torch.manual_seed(0)
-        started = time.monotonic()
-        made = engine.stream("The weather tomorrow will be mild.", voice, "english", lambda _audio: None)
-        times.append(time.monotonic() - started)
-        assert made == frames, made
-    return statistics.median(times[1:]) / (frames / 12.5)
+    torch.manual_seed(0)
+    started = time.monotonic()
+    made = engine.stream("The weather tomorrow will be mild.", voice, "english", lambda _audio: None)
+    assert made == frames, made
+    return (time.monotonic() - started) / (frames / 12.5)
+
+
+def time_tts(engine, frames: int, repeats: int) -> float:
+    """The median of `repeats` runs of `tts_once`, after one warm-up run."""
+    return statistics.median([tts_once(engine, frames) for _ in range(repeats + 1)][1:])
 
 
 def main(argv=None) -> int:
