@@ -3,7 +3,10 @@ code-predictor steps (and, inside them, the sampling), the codec decode of the f
 operator overhead (the same steps at the tiny shape, whose arithmetic is negligible). Shares of the whole
 frame are what count.
 
-    script/bench tts-cpu-parts [--shape real-0.6b] [--quantize int8] [--frames 24] [--threads 2]
+    script/bench tts-cpu-parts [--shape real-0.6b] [--quantize int8] [--frames 24] [--threads 2] [--official]
+
+The steps run as the CPU engine runs them, through the lean decoder (`--official`: through the official
+forward), with a talker cache as long as the prompt and frames need.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def parts_ms(model_dir: Path, quantize: str, frames: int) -> dict:
+def parts_ms(model_dir: Path, quantize: str, frames: int, lean: bool = True) -> dict:
     """Median milliseconds per frame of each part, over `frames` frames after a prefill."""
     import torch
 
@@ -32,7 +35,7 @@ def parts_ms(model_dir: Path, quantize: str, frames: int) -> dict:
     engine = TtsEngine.load(model_dir, "m", "cpu", torch.float32, quantize=quantize, cuda_graphs=False)
     talker = engine.tts.model.talker
     sampler, predictor_sampler = checkpoint_samplers(engine.tts, "cpu")
-    steps = FrameSteps(talker, 1024)
+    steps = FrameSteps(talker, 12 + frames + 1, lean=lean)
     steps.start(sampler, predictor_sampler)
     hidden = steps.past_hidden.shape[-1]
     torch.manual_seed(0)
@@ -97,6 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cpu-wait", default="passive", choices=["passive", "brief", "active"])
+    parser.add_argument("--official", action="store_true", help="the official forward instead of the lean decoder")
     args = parser.parse_args(argv)
 
     from shared import cpu_threads
@@ -108,10 +112,11 @@ def main(argv=None) -> int:
     work = scratch_dir("bench-tts-cpu-parts-")
     model = args.model or tiny_models.build_tts(work / "tts", shape=args.shape)
     tiny = tiny_models.build_tts(work / "tiny", shape="tiny")
-    real = parts_ms(model, args.quantize, args.frames)
-    overhead = parts_ms(tiny, "none", args.frames)
+    real = parts_ms(model, args.quantize, args.frames, not args.official)
+    overhead = parts_ms(tiny, "none", args.frames, not args.official)
     total = real["talker step"] + real["code predictor (15 steps)"] + real["codec decode"]
-    setting = f"{args.shape}, --quantize {args.quantize}, {args.threads} threads ({args.cpu_wait})"
+    forward = "official forward" if args.official else "lean decoder"
+    setting = f"{args.shape}, --quantize {args.quantize}, {args.threads} threads ({args.cpu_wait}), {forward}"
     print(f"\n{setting}; ms per 80 ms frame (median)")
     print("part | ms | share of the frame | the same at the tiny shape (overhead)")
     for name, ms in real.items():

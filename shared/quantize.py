@@ -106,14 +106,20 @@ class Int8Linear(nn.Module):
         self.packed = None  # fbgemm's form of weight_int8 (`pack_for_cpu`), which is then released
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
+        # no cast where there is nothing to cast: a decode step calls this hundreds of times a frame, and on
+        # a CPU each operator call costs about as much as the arithmetic of a small one
+        rows = x.reshape(-1, self.in_features)
+        if rows.dtype != torch.float32:
+            rows = rows.float()
         if self.siblings is None:
             out = int8_product(rows, self.weight_int8, self.weight_scale, self.packed)
         else:
             out = self.siblings.product(self, x, rows)
         if self.bias is not None:
             out = out + self.bias.float()
-        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         fused = "" if self.siblings is None else ", fused with its siblings"

@@ -243,13 +243,6 @@ def test_the_checkpoint_samplers_are_what_the_wrapper_passes(tts):
     assert CAPACITY >= 2048
 
 
-def test_on_a_cpu_the_engine_keeps_the_official_loop(tiny_dir):
-    from wyoming_qwen_tts.engine import TtsEngine
-
-    path = tiny_dir / "tts-custom-voice"
-    assert TtsEngine.load(path, str(path), "cpu", torch.float32).step_loop is None
-
-
 def test_an_engine_streams_through_the_graph(tts):
     from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine, max_frames_for
     from wyoming_qwen_tts.voices import PRESET, Voice

@@ -67,18 +67,23 @@ def official_call(models, clone_prompt, kind, sample):
     return tts, lambda: tts.generate_voice_design(instruct="A calm voice.", **kwargs)
 
 
-@pytest.mark.parametrize("loop", ["official-generate", "step-loop", "graphed"])
+@pytest.mark.parametrize("loop", ["official-generate", "step-loop", "lean-step-loop", "graphed"])
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "seeded-sampling"])
 @pytest.mark.parametrize("kind", ["preset", "clone", "design"])
 def test_frames_are_the_official_codes(models, graphed_loops, clone_prompt, kind, sample, loop):
     """Frame by frame, from the official generate (watched by a hook), from our step loop with static KV
-    caches standing in for talker.generate, or from that loop's frame captured as a graph (on the CPU
+    caches standing in for talker.generate (through the official forward, or through the lean decoder, as
+    on a CPU), or from that loop's frame captured as a graph (on the CPU
     stand-in, which replays what a CUDA graph would): the official codes every way. The graph is captured
     with the checkpoint's sampling settings, so a greedy request runs the same steps eagerly."""
     tts, call = official_call(models, clone_prompt, kind, sample)
     expected = official_codes(tts, call, seed=11)
-    step_loop = {"official-generate": None, "step-loop": StepLoop(tts.model.talker), "graphed": graphed_loops[kind]}
-    step_loop = step_loop[loop]
+    step_loop = {
+        "official-generate": None,
+        "step-loop": StepLoop(tts.model.talker),
+        "lean-step-loop": StepLoop(tts.model.talker, lean=True),
+        "graphed": graphed_loops[kind],
+    }[loop]
     replayed = step_loop.graphed_sentences if loop == "graphed" else 0
     frames = []
     torch.manual_seed(11)

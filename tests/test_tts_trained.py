@@ -15,6 +15,7 @@ from trained_fixtures_tts import DecodeCounter, stop_after
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from wyoming_qwen_tts.engine import FRAME_SAMPLES, TtsEngine
+from wyoming_qwen_tts.step_loop import StepLoop
 from wyoming_qwen_tts.voices import CLONE, PRESET, Voice
 
 from wyoming_helpers import read_until
@@ -40,10 +41,13 @@ def voice_of(kind, voices_dir):
     return Voice(name="grandma", kind=CLONE, description="grandma", folder=voices_dir / "grandma")
 
 
-def engine_for(models, kind, frames):
-    """An engine whose model ends every utterance naturally after `frames` frames."""
-    engine = TtsEngine(models[kind], f"tiny-{kind}")
-    stop_after(engine.tts, frames)
+def engine_for(models, kind, frames, loop="official"):
+    """An engine whose model ends every utterance naturally after `frames` frames; its frames come from the
+    official `generate`, or from the lean step loop (what a CPU server runs)."""
+    tts = models[kind]
+    step_loop = StepLoop(tts.model.talker, lean=True) if loop == "lean" else None
+    engine = TtsEngine(tts, f"tiny-{kind}", step_loop=step_loop)
+    stop_after(engine.tts, frames, step_loop)
     return engine
 
 
@@ -61,8 +65,8 @@ def unpatch(engine):
 def engines(models):
     made = []
 
-    def make(kind, frames):
-        made.append(engine_for(models, kind, frames))
+    def make(kind, frames, loop="official"):
+        made.append(engine_for(models, kind, frames, loop))
         return made[-1]
 
     yield make
@@ -100,11 +104,12 @@ def streamed(engine, voice, text, seed):
 # -- 1. a natural stop decodes nothing twice ------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", ["official", "lean"])
 @pytest.mark.parametrize("kind", [PRESET, CLONE])
-def test_natural_stop_runs_no_full_decode_and_streams_the_official_audio(engines, voices_dir, kind):
+def test_natural_stop_runs_no_full_decode_and_streams_the_official_audio(engines, voices_dir, kind, loop):
     from wyoming_qwen_tts.engine import max_frames_for
 
-    engine = engines(kind, NATURAL_FRAMES)
+    engine = engines(kind, NATURAL_FRAMES, loop)
     voice = voice_of(kind, voices_dir)
     decodes = DecodeCounter(engine.tts.model.speech_tokenizer)
 
@@ -129,21 +134,18 @@ async def test_next_sentence_starts_at_once_after_a_natural_stop(start_tts, monk
 
     def load(cls, *args, **kwargs):
         engine = original_load(cls, *args, **kwargs)
-        stop_after(engine.tts, NATURAL_FRAMES)
-        talker = engine.tts.model.talker
-        patched_generate = talker.generate
+        loop = engine.step_loop  # on a CPU, the lean step loop
+        assert loop is not None and loop.lean
+        stop_after(engine.tts, NATURAL_FRAMES, loop)
+        frames = loop.frames
 
-        def generate(*a, **kw):
+        def logged_frames(**kw):
             log.append(("generate", time.monotonic()))
-            return patched_generate(*a, **kw)
-
-        talker.generate = generate
-
-        def on_forward(_module, _inputs, output):
-            if output.hidden_states[1] is not None:
+            for codes in frames(**kw):
                 log.append(("frame", time.monotonic()))
+                yield codes
 
-        talker.register_forward_hook(on_forward)
+        loop.frames = logged_frames
         counter = DecodeCounter(engine.tts.model.speech_tokenizer)
         counted = engine.tts.model.speech_tokenizer.decode
 

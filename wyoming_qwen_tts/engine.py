@@ -66,8 +66,8 @@ class TtsEngine:
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the talker's and code predictor's linear layers in int8 (heads, embeddings and the
         codec decoder stay float). cuda_graphs: on CUDA, frame streaming replays a graph of our step loop
-        captured now (frame_graphs.py; with sdpa attention, which the captured steps need). On a CPU the
-        official loop streams: the step loop is no faster there."""
+        captured now (frame_graphs.py; with sdpa attention, which the captured steps need). On a CPU our step
+        loop streams through the lean decoder (step_loop.cpu_step_loop), bit for bit the official codes."""
         from qwen_tts import Qwen3TTSModel
 
         from shared.devices import load_pretrained
@@ -87,6 +87,10 @@ class TtsEngine:
             from .frame_graphs import graphed_step_loop
 
             return cls(tts, model_id, graphed_step_loop(tts))
+        if str(device).startswith("cpu"):
+            from .step_loop import cpu_step_loop
+
+            return cls(tts, model_id, cpu_step_loop(tts.model.talker))
         return cls(tts, model_id)
 
     def warm_up(self) -> None:

@@ -5,8 +5,9 @@ fills in the other 15 codebooks inside the *following* forward, whose output car
 codes (`output.hidden_states[1]`). A forward hook on the talker therefore sees every frame the moment
 it exists, inside the unmodified official call, so the codes are the official ones by construction
 (greedy or sampled, any voice kind) and any upstream change is followed automatically. That is the
-default. `--cuda-graphs` instead stands our own loop in for `talker.generate` (step_loop.py): it copies
-generate's logits processors, tested against them, so that its fixed-shape steps can be captured.
+path where no step loop is given. On CUDA (graphs) and on a CPU (the lean decoder) our own loop stands in
+for `talker.generate` (step_loop.py): it copies generate's logits processors, tested against them, so
+that its fixed-shape steps can be captured, or run without Hugging Face's per-call costs.
 
 The wrapper's full decode of the utterance (`speech_tokenizer.decode`, whose audio we would throw
 away) never runs:
@@ -81,7 +82,9 @@ def generate_frames(
 
     talker = tts.model.talker
     speech_tokenizer = tts.model.speech_tokenizer
-    own_decode = speech_tokenizer.__dict__.get("decode")  # an instance attribute to put back, if any
+    # instance attributes to put back, if any (the method of the class otherwise)
+    own_decode = speech_tokenizer.__dict__.get("decode")
+    own_generate = talker.__dict__.get("generate")
     if step_loop is None:
         handle = talker.register_forward_hook(hook)
     else:
@@ -94,8 +97,10 @@ def generate_frames(
     finally:
         if step_loop is None:
             handle.remove()
-        else:
+        elif own_generate is None:
             del talker.generate
+        else:
+            talker.generate = own_generate
         if own_decode is None:
             del speech_tokenizer.decode
         else:

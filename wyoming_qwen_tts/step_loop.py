@@ -8,7 +8,9 @@ captured once as a CUDA graph and replayed (`frame_graphs.py`):
   their sampling, out come the frame's 16 codes and the sum of their embeddings;
 - `talker_step`: that sum plus the frame's text embedding in; one talker forward, the choice of the next
   codebook 0, and the positions advanced.
-Both run the models' own forward (`code_predictor(...)`, `talker.model(...)`, `talker.codec_head`).
+Both run the models' own forward (`code_predictor(...)`, `talker.model(...)`, `talker.codec_head`), or with
+`lean=True` on a CPU the same layers through `lean_decoder.LeanDecoder`, bit for bit the same without Hugging
+Face's per-call machinery (the CPU's default, see `cpu_step_loop`).
 
 The codes equal the official `generate`'s (greedy and seeded sampling; tests/test_step_loop.py):
 `TokenSampler` applies the logits processors that Hugging Face's `generate` builds from the talker's
@@ -26,6 +28,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from transformers.cache_utils import StaticCache
+
+from . import lean_decoder
 
 CODE_PREDICTOR_POSITIONS = 16  # its prompt (talker hidden state, codebook 0) plus 14 steps
 
@@ -122,9 +126,9 @@ def _mask(vocab_size: int, tokens: Sequence[int], device) -> torch.Tensor:
 class FrameSteps:
     """The steps of a frame over static buffers (see the module docstring). `capacity` is the talker cache
     length: prompt plus frames. The samplers are set per sentence (`start`); a captured frame keeps the
-    ones it was captured with."""
+    ones it was captured with. lean: the layers run through `lean_decoder` where it is supported."""
 
-    def __init__(self, talker, capacity: int) -> None:
+    def __init__(self, talker, capacity: int, lean: bool = False) -> None:
         self.talker = talker
         self.predictor = talker.code_predictor
         self.capacity = capacity
@@ -132,6 +136,15 @@ class FrameSteps:
         device, dtype, hidden = embedding.device, embedding.dtype, embedding.shape[1]
         self.talker_cache = StaticCache(config=talker.config, max_cache_len=capacity)
         self.predictor_cache = StaticCache(config=self.predictor.config, max_cache_len=CODE_PREDICTOR_POSITIONS)
+        self.lean = lean and lean_decoder.supported(talker.model) and lean_decoder.supported(self.predictor.model)
+        if self.lean:
+            self.lean_talker = lean_decoder.LeanDecoder(talker.model, self.talker_cache)
+            self.lean_predictor = lean_decoder.LeanDecoder(self.predictor.model, self.predictor_cache)
+            with torch.inference_mode():
+                self.predictor_cos, self.predictor_sin = lean_decoder.predictor_rotary(
+                    self.predictor.model, CODE_PREDICTOR_POSITIONS, embedding
+                )
+                self.predictor_positions = torch.arange(CODE_PREDICTOR_POSITIONS, device=device)
         self.sampler: Optional[TokenSampler] = None  # the talker's (codebook 0)
         self.predictor_sampler: Optional[TokenSampler] = None
         groups = talker.config.num_code_groups
@@ -190,6 +203,8 @@ class FrameSteps:
         predictor, sampler = self.predictor, self.predictor_sampler
         self.predictor_cache.reset()
         first = self.talker.get_input_embeddings()(self.token)
+        if self.lean:
+            return self._predict_codes_lean(first)
         device = first.device
         out = predictor(
             inputs_embeds=torch.cat((self.past_hidden, first), dim=1),
@@ -207,7 +222,31 @@ class FrameSteps:
                 use_cache=True,
             )
             codes.append(sampler(out.logits[:, -1, :].to(copy=True, dtype=torch.float32)))
-        embeddings = predictor.get_input_embeddings()
+        self._take_codes(first, codes)
+
+    def _predict_codes_lean(self, first: torch.Tensor) -> None:
+        """predict_codes through the lean decoder: the predictor's official forward, op for op (its input
+        projection, layers, final norm, and the head of each step over every position it is given)."""
+        predictor, sampler = self.predictor, self.predictor_sampler
+        inputs = predictor.small_to_mtp_projection(torch.cat((self.past_hidden, first), dim=1))
+        hidden = self._lean_predictor_step(inputs, 0, 2)
+        codes = [sampler(predictor.lm_head[0](hidden)[:, -1, :].to(copy=True, dtype=torch.float32))]
+        tables = predictor.model.get_input_embeddings()
+        for step in range(1, self.talker.config.num_code_groups - 1):
+            inputs = predictor.small_to_mtp_projection(tables[step - 1](codes[-1]))
+            hidden = self._lean_predictor_step(inputs, step + 1, 1)
+            codes.append(sampler(predictor.lm_head[step](hidden)[:, -1, :].to(copy=True, dtype=torch.float32)))
+        self._take_codes(first, codes)
+
+    def _lean_predictor_step(self, inputs: torch.Tensor, start: int, length: int) -> torch.Tensor:
+        positions = slice(start, start + length)
+        return self.lean_predictor(
+            inputs, self.predictor_positions[positions],
+            self.predictor_cos[:, positions], self.predictor_sin[:, positions],
+        )  # fmt: skip
+
+    def _take_codes(self, first: torch.Tensor, codes: list) -> None:
+        embeddings = self.predictor.get_input_embeddings()
         hiddens = torch.cat([first] + [embeddings[i](code) for i, code in enumerate(codes)], dim=1)
         self.out[:-1].copy_(torch.cat([self.token] + codes, dim=1)[0])
         self.codes_embedding.copy_(hiddens.sum(1, keepdim=True))
@@ -217,14 +256,19 @@ class FrameSteps:
         """codes_embedding + text at `position` -> past_hidden, logits, and the next codebook 0 into `token` and
         out[16]; the positions move on by one."""
         position_ids = (self.position + self.rope_delta).view(1, 1, 1).expand(3, 1, 1)
-        out = self.talker.model(
-            inputs_embeds=self.codes_embedding + self.text,
-            position_ids=position_ids,
-            past_key_values=self.talker_cache,
-            cache_position=self.position,
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state
+        inputs = self.codes_embedding + self.text
+        if self.lean:
+            cos, sin = lean_decoder.talker_rotary(self.talker.model, inputs, position_ids)
+            hidden = self.lean_talker(inputs, self.position, cos, sin)
+        else:
+            out = self.talker.model(
+                inputs_embeds=inputs,
+                position_ids=position_ids,
+                past_key_values=self.talker_cache,
+                cache_position=self.position,
+                use_cache=True,
+            )
+            hidden = out.last_hidden_state
         self.logits.copy_(self.talker.codec_head(hidden)[:, -1, :])
         self.past_hidden.copy_(hidden[:, -1:, :])
         token = self.sampler(self.logits, new_tokens=self.new_tokens)
@@ -249,13 +293,14 @@ class FrameSteps:
 class StepLoop:
     """`talker.generate`'s frames, one at a time, from `FrameSteps` (eager, or a replayed graph)."""
 
-    def __init__(self, talker, steps: Optional[FrameSteps] = None, graphs=None) -> None:
+    def __init__(self, talker, steps: Optional[FrameSteps] = None, graphs=None, lean: bool = False) -> None:
         """steps: kept across sentences, with a talker cache of fixed length (what graphs need); None makes
-        steps with a cache of the right length for each sentence. graphs: a `frame_graphs.FrameGraphs` over
-        `steps`, or None."""
+        steps with a cache of the right length for each sentence (lean: through `lean_decoder`). graphs: a
+        `frame_graphs.FrameGraphs` over `steps`, or None."""
         self.talker = talker
         self.fixed = steps
         self.graphs = graphs
+        self.lean = lean
         self.graphed_sentences = 0  # sentences that replayed the graphs (for logs and tests)
 
     def frames(
@@ -316,6 +361,15 @@ class StepLoop:
             self.graphed_sentences += 1
             return graphs.steps, graphs.frame
         if steps is None or positions > steps.capacity or steps is getattr(graphs, "steps", None):
-            steps = FrameSteps(self.talker, positions)
+            steps = FrameSteps(self.talker, positions, lean=self.lean)
         steps.start(sampler, predictor_sampler)
         return steps, steps.frame
+
+
+def cpu_step_loop(talker) -> Optional[StepLoop]:
+    """The CPU's frame loop: our steps through the lean decoder, each sentence with a cache of its own length
+    (the attention reads the whole static cache). None where the lean decoder is not supported: the official
+    `generate` then streams, as fast as the step loop through the official forward."""
+    if not (lean_decoder.supported(talker.model) and lean_decoder.supported(talker.code_predictor.model)):
+        return None
+    return StepLoop(talker, lean=True)
