@@ -66,7 +66,8 @@ ENV PATH=/opt/wyoming-qwen/bin:${PATH} \
 USER ${UID}:${GID}
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 10300
+# 10301: the OpenAI-compatible HTTP API, with QWEN_ASR_HTTP=tcp://0.0.0.0:10301
+EXPOSE 10300 10301
 # The gateway answers `describe` without loading a model. The start period covers a --preload download.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=10m --retries=3 \
     CMD ["/bin/sh", "-c", "wyoming-qwen-client describe --uri tcp://127.0.0.1:${QWEN_ASR_URI##*:} --timeout 10 | grep -q qwen3-asr"]
@@ -93,7 +94,8 @@ ENV PATH=/opt/wyoming-qwen/bin:${PATH} \
 USER ${UID}:${GID}
 WORKDIR /data
 VOLUME ["/data", "/voices"]
-EXPOSE 10200
+# 10201: the OpenAI-compatible HTTP API, with QWEN_TTS_HTTP=tcp://0.0.0.0:10201
+EXPOSE 10200 10201
 HEALTHCHECK --interval=30s --timeout=15s --start-period=10m --retries=3 \
     CMD ["/bin/sh", "-c", "wyoming-qwen-client describe --uri tcp://127.0.0.1:${QWEN_TTS_URI##*:} --timeout 10 | grep -q qwen3-tts"]
 ENTRYPOINT ["wyoming-qwen-tts"]

@@ -198,6 +198,21 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "what cannot finish gets an error. No new connections are taken meanwhile",
     )
     parser.add_argument(
+        "--http",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="Also serve an OpenAI-compatible HTTP API here (off by default; see the README's 'OpenAI-compatible "
+        "API'), on the same worker and models as the Wyoming port",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="The HTTP API asks for this key as a Bearer token (default: none; anyone who reaches the port may use it)",
+    )
+    parser.add_argument(
+        "--api-key-file", default=None, help="A file whose first line is the HTTP API key (for Docker secrets)"
+    )
+    parser.add_argument(
         "--zeroconf",
         nargs="?",
         const="",

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Callable, List, Optional
+from typing import Awaitable, Callable, List, Optional
 
 from wyoming.server import AsyncServer
 
@@ -29,10 +29,15 @@ POLL = 0.05
 
 
 async def serve_until_stopped(
-    server: AsyncServer, handler_factory: Callable, grace: float, new_tracker: Optional[Callable] = None
+    server: AsyncServer,
+    handler_factory: Callable,
+    grace: float,
+    new_tracker: Optional[Callable] = None,
+    also_stop: Optional[Callable[[], Awaitable[None]]] = None,
 ) -> None:
     """Serve with `server` until SIGTERM, then stop as the module docstring says. `new_tracker` makes each
-    connection's `ReplyTracker` (its `replies`), which says when a request is under way."""
+    connection's `ReplyTracker` (its `replies`), which says when a request is under way. `also_stop` stops
+    another front at the same time (the HTTP API, whose requests get the same grace)."""
     if new_tracker is not None:
         make_handler = handler_factory
 
@@ -53,7 +58,10 @@ async def serve_until_stopped(
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGTERM)
-    await finish(server, grace)
+    if also_stop is None:
+        await finish(server, grace)
+    else:
+        await asyncio.gather(finish(server, grace), also_stop())
 
 
 async def finish(server: AsyncServer, grace: float) -> None:

@@ -42,6 +42,7 @@ class ServerKind:
     create_app: Callable[[argparse.Namespace], "ServedApp"]  # loads no model
     reply_tracker: Callable[[], "ReplyTracker"]  # the gateway's view of this protocol
     warms_peers_on: FrozenSet[str] = frozenset()  # client events that send `warm-up` to each --warm-peer
+    http_api: str = ""  # the module of this server's HTTP routes (`--http`; shared/http_front.py)
 
     @property
     def name(self) -> str:
@@ -96,9 +97,17 @@ async def _serve_here(kind: ServerKind, args: argparse.Namespace) -> None:
     # before listening: imported by the first connection instead, they would stall the event loop
     lean_imports.install()
     _import_heavy_modules(kind.heavy_package, f"{kind.package}.handler")
+    app = kind.create_app(args)
+    http = None
+    if args.http and args.worker_of is None:  # a worker never serves HTTP: its gateway does
+        from .http_front import LocalLink, start_http
+
+        http = await start_http(kind, args, LocalLink(app.handler), app.describe)
     try:
-        await serve_app(kind.create_app(args), args, kind.reply_tracker)
+        await serve_app(app, args, kind.reply_tracker, http.stop if http is not None else None)
     finally:
+        if http is not None:
+            await http.stop()  # again: nothing, unless serving failed
         if parent_watch is not None:
             parent_watch.cancel()
 
@@ -122,13 +131,21 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         args.spare_worker,
     )
     server = make_server(args.uri)
+    http = None
+    if args.http:
+        from .http_front import GatewayLink, start_http
+
+        http = await start_http(kind, args, GatewayLink(gateway), gateway.describe)
     preload = asyncio.create_task(gateway.preload()) if args.preload else None
     if args.spare_worker and not args.preload:
         gateway.start_spare()
     _LOGGER.info("Gateway ready on %s (models load in a worker process on first use)", args.uri)
     try:
-        await serve_until_stopped(server, gateway.handler_factory, args.stop_grace, kind.reply_tracker)
+        also_stop = http.stop if http is not None else None
+        await serve_until_stopped(server, gateway.handler_factory, args.stop_grace, kind.reply_tracker, also_stop)
     finally:
+        if http is not None:
+            await http.stop()  # again: nothing, unless serving failed
         if preload is not None:
             preload.cancel()
         await supervisor.stop("the gateway is shutting down")

@@ -61,9 +61,11 @@ def make_server(uri: str) -> AsyncServer:
     return AsyncServer.from_uri(uri)
 
 
-async def serve_app(app: ServedApp, args: argparse.Namespace, new_tracker: Optional[Callable] = None) -> None:
+async def serve_app(
+    app: ServedApp, args: argparse.Namespace, new_tracker: Optional[Callable] = None, also_stop=None
+) -> None:
     """Serve `app` until SIGTERM, then stop gracefully (`shared/graceful_stop.py`); `new_tracker` makes each
-    connection's `ReplyTracker`, which says when a request is under way."""
+    connection's `ReplyTracker`, which says when a request is under way; `also_stop` stops the HTTP front."""
     from .graceful_stop import serve_until_stopped
 
     _LOGGER.info("Serving %s on %s", app.summary, args.uri)
@@ -71,7 +73,7 @@ async def serve_app(app: ServedApp, args: argparse.Namespace, new_tracker: Optio
         app.manager.preload_in_background(app.preload_key)
     server = make_server(args.uri)
     _LOGGER.info("Ready on %s", args.uri)
-    await serve_until_stopped(server, app.handler, args.stop_grace, new_tracker)
+    await serve_until_stopped(server, app.handler, args.stop_grace, new_tracker, also_stop)
     await _inference_done(app, args.stop_grace)
 
 

@@ -61,6 +61,8 @@ COMMON_OPTION_FLAGS = {
     "threads": "--threads",
     "preload": "--preload",
     "debug_logging": "--debug",
+    "http_api": "--http",
+    "api_key": "--api-key",
 }
 
 APPS = {
@@ -142,7 +144,8 @@ def test_config_basics(kind):
     assert cfg["arch"] == ["amd64", "aarch64"]
     assert cfg["init"] is False
     assert cfg["discovery"] == ["wyoming"]
-    assert cfg["ports"] == {f"{app.port}/tcp": None}
+    # Wyoming, and the HTTP API (off until a host port is set)
+    assert cfg["ports"] == {f"{app.port}/tcp": None, f"{app.port + 1}/tcp": None}
     assert "app_config:rw" in cfg["map"]
     # Supervisor builds the image locally; `image` would make it pull one that is never published
     assert "image" not in cfg
@@ -185,7 +188,7 @@ def _schema_accepts(rule: str, value) -> bool:
     rule = rule.strip().rstrip("?")
     if rule == "bool":
         return isinstance(value, bool)
-    if rule == "str":
+    if rule in ("str", "password"):
         return isinstance(value, str)
     if match := re.fullmatch(r"int(?:\((-?\d+)?,(-?\d+)?\))?", rule):
         low, high = match.groups()
@@ -541,6 +544,17 @@ def test_tts_run_voice_language_and_switches(fake_bashio):
         "--preload",
         "--debug",
     ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_run_with_the_http_api_and_its_key(fake_bashio, kind):
+    app = APPS[kind]
+    argv, _ = run_server_script(fake_bashio, app, http_api=True, api_key="s3cret")
+    assert argv[argv.index("--http") + 1] == f"tcp://0.0.0.0:{app.port + 1}"
+    assert argv[argv.index("--api-key") + 1] == "s3cret"
+    assert f"{app.port + 1}/tcp" in config(app)["ports"]
+    argv, _ = run_server_script(fake_bashio, app)
+    assert "--http" not in argv and "--api-key" not in argv
 
 
 def test_tts_run_without_voice_leaves_the_servers_default(fake_bashio):

@@ -98,6 +98,10 @@ async def test_sigterm_lets_an_utterance_under_way_get_its_transcript(server_pro
     async with server.client() as client:
         await client.write_event(Transcribe(language="en").event())
         await send_audio(client, speechlike(0.5), stop=False)
+        for _ in range(600):  # the gateway has read them (it started a worker for them): a request is under way
+            if server.children():
+                break
+            await asyncio.sleep(0.05)
         server.process.send_signal(signal.SIGTERM)  # the user is still speaking
         more = speechlike(1.0, seed=1)
         for start in range(0, len(more), 3200):

@@ -26,4 +26,5 @@ KIND = ServerKind(
     create_app,
     TranscriptionReplies,
     warms_peers_on=frozenset({"audio-start"}),  # an utterance starts: a TTS request follows in seconds
+    http_api="wyoming_qwen_asr.http_api",
 )

@@ -34,4 +34,6 @@ class SynthesisReplies(ReplyTracker):
         return (event_type == "audio-stop" and not self._in_stream) or super().worker_sent(event_type)
 
 
-KIND = ServerKind(__package__, "qwen_tts", parse_args, describer, create_app, SynthesisReplies)
+KIND = ServerKind(
+    __package__, "qwen_tts", parse_args, describer, create_app, SynthesisReplies, http_api="wyoming_qwen_tts.http_api"
+)
