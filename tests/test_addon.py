@@ -76,7 +76,7 @@ APPS = {
         languages=list(ASR_LANGUAGES.codes),
         parser=asr_options.build_parser,
         parse_args=asr_options.parse_args,
-        option_flags=COMMON_OPTION_FLAGS,
+        option_flags={**COMMON_OPTION_FLAGS, "vad_endpointing": "--vad-endpointing"},
         fixed_argv=["--uri", "tcp://0.0.0.0:10300", "--data-dir", "/data", "--device", "cpu"],
     ),
     "tts": App(
@@ -197,6 +197,14 @@ def _schema_accepts(rule: str, value) -> bool:
             and not isinstance(value, bool)
             and (low is None or value >= int(low))
             and (high is None or value <= int(high))
+        )
+    if match := re.fullmatch(r"float(?:\((-?[\d.]+)?,(-?[\d.]+)?\))?", rule):
+        low, high = match.groups()
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (low is None or value >= float(low))
+            and (high is None or value <= float(high))
         )
     if match := re.fullmatch(r"list\((.+)\)", rule):
         return value in match.group(1).split("|")
@@ -555,6 +563,13 @@ def test_run_with_the_http_api_and_its_key(fake_bashio, kind):
     assert f"{app.port + 1}/tcp" in config(app)["ports"]
     argv, _ = run_server_script(fake_bashio, app)
     assert "--http" not in argv and "--api-key" not in argv
+
+
+def test_asr_run_with_endpointing(fake_bashio, monkeypatch):
+    monkeypatch.delenv("QWEN_ASR_VAD", raising=False)  # the tests' default (tests/wyoming_helpers.py), not the app's
+    argv, _ = run_server_script(fake_bashio, APPS["asr"], vad_endpointing=0.8)
+    assert argv[argv.index("--vad-endpointing") + 1] == "0.8"
+    assert "--vad-endpointing" not in run_server_script(fake_bashio, APPS["asr"])[0]
 
 
 def test_tts_run_without_voice_leaves_the_servers_default(fake_bashio):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,12 @@ from wyoming.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tests' and benchmarks' "speech" is `speechlike` noise, which the speech-to-text server's voice-activity
+# detector rightly takes for no speech at all (an empty transcript, no decode). So every ASR server they start
+# decodes every sample (`--vad off`, here as the environment default its options read), unless it is given
+# `--vad on`, as the tests and benchmark of the detector itself are (tests/test_asr_endpointing.py).
+os.environ.setdefault("QWEN_ASR_VAD", "off")
+
 
 def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> bytes:
     """Noise with a slowly varying envelope, as 16-bit PCM (channels interleaved)."""
@@ -29,6 +36,20 @@ def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int =
     mono = envelope * rng.standard_normal(n)
     samples = np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono
     return (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
+
+
+def espeak(text: str, rate: int = 16000) -> bytes:
+    """`text` spoken by espeak-ng (real speech, for the voice-activity detector), as 16-bit mono PCM at `rate`."""
+    import wave
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", "en", "-w", str(path), text], check=True)
+        with wave.open(str(path)) as wav:
+            samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).astype(np.float64)
+            source = wav.getframerate()
+    times = np.arange(int(len(samples) * rate / source)) / rate
+    return np.interp(times, np.arange(len(samples)) / source, samples).astype(np.int16).tobytes()
 
 
 async def send_audio(

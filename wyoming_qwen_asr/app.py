@@ -32,6 +32,8 @@ class AsrApp:
     model_key: str = MODEL_KEY
     write_timeout: float = WRITE_TIMEOUT
     max_utterance_seconds: float = MAX_UTTERANCE_SECONDS
+    vad_endpointing: Optional[float] = None  # seconds of silence that end an utterance; None: audio-stop does
+    vad: bool = True  # the speech gate keeps silence from the model (endpointing.py)
 
     @property
     def preload_key(self) -> str:
@@ -62,6 +64,8 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
         default_language=ASR_LANGUAGES.to_qwen_name(args.language),
         write_timeout=args.write_timeout,
         max_utterance_seconds=args.max_utterance_seconds,
+        vad_endpointing=args.vad_endpointing,
+        vad=args.vad == "on",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -22,6 +23,7 @@ from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 
 from .app import AsrApp
 from .context import build_context
+from .endpointing import SpeechGate, silence_for, silero_detector
 from .model_io import MAX_CHANNELS, MAX_RATE, MIN_RATE, SAMPLE_RATE, WIDTHS, format_problem
 from .session import StreamingSession
 
@@ -32,6 +34,7 @@ _LOGGER = logging.getLogger(__name__)
 _TAKE = 0  # nothing dropped
 _DROP_UTTERANCE = 1  # drop chunks and audio-stop until the next audio-start or transcribe
 _DROP_REQUEST = 2  # a refused transcribe: also drop the audio-start of the utterance it announced
+_ENDED = 3  # endpointing answered already: the rest of the utterance's audio and its audio-stop are ignored
 
 
 class AsrEventHandler(ServerEventHandler):
@@ -41,6 +44,9 @@ class AsrEventHandler(ServerEventHandler):
         super().__init__(reader, writer, app)
         self._request = Transcribe()
         self._session: Optional[StreamingSession] = None
+        self._gate: Optional[SpeechGate] = None  # what of the utterance reaches the model (endpointing.py)
+        self._samples = 0  # of the utterance as sent
+        self._pause_decoded = False  # endpointing: the current pause's audio is being decoded already
         self._hold: Optional[contextlib.AsyncExitStack] = None
         self._format: Optional[tuple] = None
         self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
@@ -100,6 +106,12 @@ class AsrEventHandler(ServerEventHandler):
             self._request.transcript_names,
             self._request.transcript_terms,
         )
+        endpointing = self.app.vad_endpointing
+        if isinstance(self._request.context, dict) and self._request.context.get("vad_endpointing") is False:
+            endpointing = None  # the HTTP front's uploaded files: a pause inside a file ends nothing
+        detector = await asyncio.to_thread(silero_detector) if self.app.vad else None
+        self._gate = SpeechGate(detector, silence_for(endpointing, self._request.vad_sensitivity))
+        self._samples = 0
         self._hold = contextlib.AsyncExitStack()
         handle = await self._hold.enter_async_context(self.app.manager.use(self.app.model_key))
         self._started_sent = False
@@ -142,7 +154,8 @@ class AsrEventHandler(ServerEventHandler):
         if not chunk.audio:
             return
         pcm = self._converter.convert(_downmix(chunk) if chunk.channels > 2 else chunk).audio
-        if self._session.samples + len(pcm) // 2 > self._max_samples:
+        self._samples += len(pcm) // 2
+        if self._samples > self._max_samples:
             limit = self._max_samples / SAMPLE_RATE
             await self._drop(
                 f"The utterance is longer than {limit:g} s, the server's limit; it was dropped. Send shorter "
@@ -150,7 +163,21 @@ class AsrEventHandler(ServerEventHandler):
                 "utterance-too-long",
             )
             return
-        self._session.add_audio(pcm)
+        gate = self._gate
+        heard = await asyncio.to_thread(gate.push, pcm)  # the detector runs off the event loop
+        if self._session is None:  # dropped meanwhile
+            return
+        if heard:
+            self._session.add_audio(heard)
+        if gate.in_pause and gate.silence_windows is not None and not self._pause_decoded:
+            self._pause_decoded = True  # decode now: when the pause is the end, this is the final decode
+            self._session.step_now()
+        elif not gate.in_pause:
+            self._pause_decoded = False
+        if gate.done:
+            _LOGGER.debug("Endpointing: %s", "end of speech" if gate.ended else "no speech")
+            await self._finish(time.monotonic())
+            self._dropping = _ENDED
 
     @handles(AudioStop)
     async def _on_audio_stop(self, _stop: AudioStop) -> None:
@@ -159,7 +186,25 @@ class AsrEventHandler(ServerEventHandler):
                 await self.error("audio-stop arrived without audio-start", "protocol")
             self._dropping = _TAKE
             return
-        session, started = self._session, time.monotonic()
+        started = time.monotonic()
+        tail = await asyncio.to_thread(self._gate.flush)
+        if self._session is None:
+            return
+        if tail:
+            self._session.add_audio(tail)
+        await self._finish(started)
+
+    async def _finish(self, started: float) -> None:
+        """The transcript of the utterance so far: decoded, or empty at once when nobody spoke."""
+        session = self._session
+        if not self._gate.heard_speech:
+            language = ASR_LANGUAGES.to_code(self._language)
+            await self._end_session(cancel=True)
+            await self.write_event(TranscriptStart(language=language).event())
+            await self.write_event(Transcript(text="", language=language).event())
+            await self.write_event(TranscriptStop().event())
+            _LOGGER.info("No speech in %.2f s of audio: an empty transcript, no decode", self._samples / SAMPLE_RATE)
+            return
         try:
             result = await session.finish()
         except Exception as err:  # the model failed: tell the client, keep serving
@@ -180,7 +225,8 @@ class AsrEventHandler(ServerEventHandler):
         await self.write_event(Transcript(text=final_text, language=language).event())
         await self.write_event(TranscriptStop().event())
         _LOGGER.info(
-            "Transcribed %.2f s of audio: %d chars, language %s, %.3f s after audio-stop",
+            "Transcribed %.2f s of audio (%.2f s of it decoded): %d chars, language %s, %.3f s after the end",
+            self._samples / SAMPLE_RATE,
             session.samples / SAMPLE_RATE,
             len(final_text),
             language,
@@ -207,6 +253,7 @@ class AsrEventHandler(ServerEventHandler):
 
     async def _end_session(self, cancel: bool) -> None:
         session, self._session = self._session, None
+        self._gate = None
         if session is not None and cancel:
             await session.cancel()
         hold, self._hold = self._hold, None

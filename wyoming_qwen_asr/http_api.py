@@ -61,7 +61,7 @@ async def transcriptions(front: HttpFront, request: Request) -> Response:
             400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "invalid_value", "response_format"
         )
     stream = (fields["stream"] or "false").lower() == "true"
-    request_event = _transcribe(fields["language"], fields["prompt"])
+    request_event = _transcribe(fields["language"], fields["prompt"], whole_file=True)
     conversation = await front.conversation().open()
     try:
         pcm = await decode_file(conversation, data)
@@ -84,9 +84,13 @@ def _field(form, name: str) -> Optional[str]:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _transcribe(language: Optional[str], prompt: Optional[str]) -> Transcribe:
-    # `prompt` becomes our context biasing (Qwen3-ASR reads it in its system turn)
-    return Transcribe(language=language, context={"text": prompt} if prompt else None)
+def _transcribe(language: Optional[str], prompt: Optional[str], whole_file: bool = False) -> Transcribe:
+    """`prompt` becomes our context biasing (Qwen3-ASR reads it in its system turn). A whole file is never
+    endpointed: a pause inside it ends nothing (`vad_endpointing` in the context, read by our handler)."""
+    context = {"text": prompt} if prompt else {}
+    if whole_file:
+        context["vad_endpointing"] = False
+    return Transcribe(language=language, context=context or None)
 
 
 async def decode_file(conversation: Conversation, data: bytes) -> bytes:
@@ -244,6 +248,7 @@ async def _relay_transcripts(conversation: Conversation, ws: WebSocket) -> None:
                     {"type": "transcript.text.done", "text": transcript.text, "language": transcript.language}
                 )
             elif TranscriptStop.is_type(event.type):
+                await _close(ws)  # after the client's stop, or once the server's endpointing heard the end
                 return
     except ApiError as err:
         await _ws_error(ws, err)

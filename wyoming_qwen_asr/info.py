@@ -25,7 +25,7 @@ def choose_model(model: str, device: str) -> str:
     return MODEL_CUDA if wants_cuda(device) else MODEL_CPU
 
 
-def build_info(model: str) -> Info:
+def build_info(model: str, endpointing: bool = False) -> Info:
     return Info(
         asr=[
             AsrProgram(
@@ -45,6 +45,8 @@ def build_info(model: str) -> Info:
                     )
                 ],
                 supports_transcript_streaming=True,
+                # with --vad-endpointing the server ends utterances itself
+                requires_external_vad=not endpointing,
             )
         ]
     )
@@ -52,5 +54,5 @@ def build_info(model: str) -> Info:
 
 def describer(args: argparse.Namespace) -> Callable[[], Event]:
     """The `describe` answer for these options; the gateway and the worker both use it."""
-    event = build_info(choose_model(args.model, args.device)).event()
+    event = build_info(choose_model(args.model, args.device), args.vad_endpointing is not None).event()
     return lambda: event

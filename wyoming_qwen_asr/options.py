@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from shared.cli import EnvArgumentParser, server_parser
 from shared.languages import ASR_LANGUAGES, UnsupportedLanguage
 
+from .endpointing import DEFAULT_SILENCE
 from .model_io import MAX_UTTERANCE_SECONDS
 
 
@@ -46,6 +47,26 @@ def build_parser() -> EnvArgumentParser:
         "seconds; the model takes up to 20 minutes, but on a CPU the final decode of long audio keeps every "
         "other client waiting for minutes",
     )
+    parser.add_argument(
+        "--vad",
+        default="on",
+        choices=["on", "off"],
+        help="on: a voice-activity detector (Silero) keeps silence from the model: no decode for an utterance "
+        "without speech, none of the silence around it, no streaming steps during pauses. off: every sample "
+        "is decoded (for audio the detector gets wrong)",
+    )
+    parser.add_argument(
+        "--vad-endpointing",
+        nargs="?",
+        type=float,
+        const=DEFAULT_SILENCE,
+        default=None,
+        metavar="SECONDS",
+        help="End an utterance on the server once this much silence follows speech (default "
+        f"{DEFAULT_SILENCE:g} s), without waiting for the client's audio-stop; transcribe.vad_sensitivity "
+        "scales it (relaxed 1.5x, aggressive 0.5x). A voice-activity detector (Silero) always keeps silence "
+        "from the model; see the README's 'Endpointing'",
+    )
     return parser
 
 
@@ -56,6 +77,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--chunk-seconds must be above 0")
     if not args.max_utterance_seconds > 0:
         parser.error("--max-utterance-seconds must be above 0")
+    if args.vad_endpointing is not None and not args.vad_endpointing > 0:
+        parser.error("--vad-endpointing must be above 0 seconds")
+    if args.vad_endpointing is not None and args.vad == "off":
+        parser.error("--vad-endpointing needs the voice-activity detector: leave --vad on")
     try:
         ASR_LANGUAGES.to_qwen_name(args.language)
     except UnsupportedLanguage as err:

@@ -126,6 +126,7 @@ class StreamingSession:
         self._inflight_samples = -1
         self._arrivals: collections.deque = collections.deque()  # (monotonic time, samples so far)
         self._step_task = asyncio.create_task(self._step_loop(), name="asr steps")
+        self._eager = False  # step_now: one step over what has arrived, however little is new
         self.steps = 0
 
     @property
@@ -139,6 +140,12 @@ class StreamingSession:
         self._arrivals.append((now, self._pcm.samples))
         while len(self._arrivals) > 1 and self._arrivals[1][0] <= now - BURST_WINDOW:
             self._arrivals.popleft()
+        self._new_audio.set()
+
+    def step_now(self) -> None:
+        """Decode what has arrived now, though less than a step's worth of it is new: the speaker paused, and
+        if the pause is the end, this step's output is the final transcript (`finish` reuses it)."""
+        self._eager = True
         self._new_audio.set()
 
     def _in_burst(self) -> bool:
@@ -218,9 +225,10 @@ class StreamingSession:
             if self._closed:
                 return
             samples = self.samples
-            if samples > self._window_samples or samples - self._decoded_samples < self._chunk_samples:
+            eager, self._eager = self._eager and samples > self._decoded_samples, False
+            if samples > self._window_samples or (samples - self._decoded_samples < self._chunk_samples and not eager):
                 continue
-            if self._in_burst():
+            if not eager and self._in_burst():
                 await asyncio.sleep(BURST_WINDOW / 3)
                 self._new_audio.set()  # look again, with whatever arrived meanwhile
                 continue
