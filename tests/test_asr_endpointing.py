@@ -195,7 +195,7 @@ async def test_endpointing_in_a_server_process(server_process, asr_model_dir, es
     assert "Client error" not in server.log()  # nothing the client did was refused
 
 
-def test_the_detector_is_on_by_default(monkeypatch):
+async def test_the_detector_is_on_by_default(monkeypatch):
     from wyoming_qwen_asr.options import parse_args
 
     monkeypatch.delenv("QWEN_ASR_VAD", raising=False)
