@@ -17,31 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import statistics
 import sys
 import time
-import wave
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import free_port, scratch_dir, spawn_server, speechlike, stop_server  # noqa: E402
+from wyoming_helpers import free_port, scratch_dir, spawn_server, speechlike, stop_server, wav_bytes  # noqa: E402
 
 TARGET_MS = 10.0
 TEXT = "The kitchen lights are on now."
-
-
-def _wav(pcm: bytes) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 async def wyoming_speech(uri: str) -> tuple:
@@ -136,7 +124,7 @@ async def run(models: Path, repeats: int, workdir: Path) -> int:
                     results["tts whole"] = ([p[0][1] for p in pairs], [p[1][1] for p in pairs])
                 else:
                     pcm = speechlike(3.0)
-                    wav = _wav(pcm)
+                    wav = wav_bytes(pcm)
                     await wyoming_transcript(uri, pcm), await http_transcript(session, base, wav)
                     pairs = []
                     for index in range(repeats):

@@ -232,10 +232,7 @@ async def _disconnected(receive) -> None:
 class HttpFront:
     """What the routes of both servers need: the worker link, the `describe` answer, the options."""
 
-    def __init__(
-        self, kind_name: str, link, describe: Callable[[], Event], args, aliases: Iterable[str], served=()
-    ) -> None:
-        self.kind_name = kind_name
+    def __init__(self, link, describe: Callable[[], Event], args, aliases: Iterable[str], served=()) -> None:
         self.link = link
         self.describe = describe
         self.args = args
@@ -394,7 +391,7 @@ async def start_http(kind, args, link, describe: Callable[[], Event]) -> Optiona
         return None
     api = importlib.import_module(kind.http_api)
     served = api.served_models(args) if hasattr(api, "served_models") else ()
-    front = HttpFront(kind.name, link, describe, args, api.OPENAI_MODELS, served)
+    front = HttpFront(link, describe, args, api.OPENAI_MODELS, served)
     server = HttpServer(build_app(front, kind.http_api), args.http, args.stop_grace)
     await server.start()
     return server

@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 import time
-import wave
 
 import aiohttp
 import av
@@ -21,7 +20,7 @@ from wyoming.asr import Transcribe, Transcript
 
 from shared.http_front import LocalLink, start_http
 
-from wyoming_helpers import free_port, read_until, send_audio, speechlike, start_server, tts_args
+from wyoming_helpers import free_port, read_until, send_audio, speechlike, start_server, tts_args, wav_bytes
 
 RATE = 16000
 
@@ -77,16 +76,6 @@ async def http_server(asr_model_dir, tiny_dir, voices_dir, tmp_path):
         await running.http.stop()
         await running.server.stop()
         await running.app.manager.close()
-
-
-def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 def encoded(pcm: bytes, container: str, codec: str, rate: int = RATE) -> bytes:

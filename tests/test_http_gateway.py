@@ -13,10 +13,9 @@ import aiohttp
 import pytest
 from openai import AsyncOpenAI
 from test_gateway_process import transcribe, wait_for
-from test_http_api import wav_bytes
 from wyoming.asr import Transcribe, Transcript
 
-from wyoming_helpers import free_port, read_until, rss_kib, send_audio, speechlike, tts_args
+from wyoming_helpers import free_port, read_until, rss_kib, send_audio, speechlike, tts_args, wav_bytes
 
 pytestmark = pytest.mark.asyncio
 

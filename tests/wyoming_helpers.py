@@ -38,6 +38,20 @@ def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int =
     return (np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes()
 
 
+def wav_bytes(pcm: bytes, rate: int = 16000) -> bytes:
+    """16-bit mono PCM as the bytes of a WAV file."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
 def espeak(text: str, rate: int = 16000) -> bytes:
     """`text` spoken by espeak-ng (real speech, for the voice-activity detector), as 16-bit mono PCM at `rate`."""
     import wave

@@ -45,6 +45,7 @@ class AsrEventHandler(ServerEventHandler):
         self._request = Transcribe()
         self._session: Optional[StreamingSession] = None
         self._gate: Optional[SpeechGate] = None  # what of the utterance reaches the model (endpointing.py)
+        self._vad = None  # this connection's detector: its model is read once, its state reset per utterance
         self._samples = 0  # of the utterance as sent
         self._pause_decoded = False  # endpointing: the current pause's audio is being decoded already
         self._hold: Optional[contextlib.AsyncExitStack] = None
@@ -109,8 +110,7 @@ class AsrEventHandler(ServerEventHandler):
         endpointing = self.app.vad_endpointing
         if isinstance(self._request.context, dict) and self._request.context.get("vad_endpointing") is False:
             endpointing = None  # the HTTP front's uploaded files: a pause inside a file ends nothing
-        detector = await asyncio.to_thread(silero_detector) if self.app.vad else None
-        self._gate = SpeechGate(detector, silence_for(endpointing, self._request.vad_sensitivity))
+        self._gate = SpeechGate(await self._detector(), silence_for(endpointing, self._request.vad_sensitivity))
         self._samples = 0
         self._hold = contextlib.AsyncExitStack()
         handle = await self._hold.enter_async_context(self.app.manager.use(self.app.model_key))
@@ -236,6 +236,16 @@ class AsrEventHandler(ServerEventHandler):
         await self._end_session(cancel=False)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    async def _detector(self):
+        """The connection's voice-activity detector, fresh for a new utterance; None with `--vad off`."""
+        if not self.app.vad:
+            return None
+        if self._vad is None:
+            self._vad = await asyncio.to_thread(silero_detector)
+        else:
+            self._vad.reset()
+        return self._vad
 
     async def _send_piece(self, language_name: Optional[str], piece: str) -> None:
         if not self._started_sent:

@@ -128,23 +128,29 @@ async def read_transcript(conversation: Conversation) -> Tuple[str, Optional[str
             return text, language
 
 
-async def _streamed_transcript(conversation: Conversation) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's shape: a `transcript.text.delta` per partial transcript the worker
-    sends, then `transcript.text.done`. An error after the first byte is an `error` event."""
+async def _transcript_messages(conversation: Conversation) -> AsyncIterator[dict]:
+    """The worker's transcript events in OpenAI's shape: a `transcript.text.delta` per partial transcript,
+    then `transcript.text.done`; an `error` message ends them when the request fails."""
     done = {"type": "transcript.text.done", "text": "", "language": None}
     try:
         while True:
             event = await conversation.read()
             if TranscriptChunk.is_type(event.type):
-                yield _sse({"type": "transcript.text.delta", "delta": TranscriptChunk.from_event(event).text})
+                yield {"type": "transcript.text.delta", "delta": TranscriptChunk.from_event(event).text}
             elif Transcript.is_type(event.type):
                 transcript = Transcript.from_event(event)
                 done = {"type": "transcript.text.done", "text": transcript.text, "language": transcript.language}
             elif TranscriptStop.is_type(event.type):
-                yield _sse(done)
+                yield done
                 return
     except ApiError as err:
-        yield _sse({"type": "error", "error": {"message": err.message, "code": err.code}})
+        yield {"type": "error", "error": {"message": err.message, "code": err.code}}
+
+
+async def _streamed_transcript(conversation: Conversation) -> AsyncIterator[bytes]:
+    """Server-sent events: an error after the first byte is an `error` event."""
+    async for message in _transcript_messages(conversation):
+        yield _sse(message)
 
 
 def _sse(data: dict) -> bytes:
@@ -237,22 +243,10 @@ def _is_stop(data: Optional[str]) -> bool:
 
 
 async def _relay_transcripts(conversation: Conversation, ws: WebSocket) -> None:
-    try:
-        while True:
-            event = await conversation.read()
-            if TranscriptChunk.is_type(event.type):
-                await ws.send_json({"type": "transcript.text.delta", "delta": TranscriptChunk.from_event(event).text})
-            elif Transcript.is_type(event.type):
-                transcript = Transcript.from_event(event)
-                await ws.send_json(
-                    {"type": "transcript.text.done", "text": transcript.text, "language": transcript.language}
-                )
-            elif TranscriptStop.is_type(event.type):
-                await _close(ws)  # after the client's stop, or once the server's endpointing heard the end
-                return
-    except ApiError as err:
-        await _ws_error(ws, err)
-        await _close(ws)
+    async for message in _transcript_messages(conversation):
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.send_json(message)
+    await _close(ws)  # after the client's stop, once the server's endpointing heard the end, or an error
 
 
 async def _ws_error(ws: WebSocket, err: ApiError) -> None:
