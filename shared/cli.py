@@ -148,15 +148,24 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "--int8-kernel",
         default="fbgemm",
         choices=["fbgemm", "int_mm"],
-        help="How int8 products run on a CPU: fbgemm is 1.5-2x as fast per decode step but its packed weights "
-        "take about twice the memory of int8 (+0.6 GB per 0.6B model) and 2-4 s more to load; int_mm is "
-        "leaner. fbgemm falls back to int_mm where it is not available (ARM). See the README's 'int8 on a CPU'",
+        help="How int8 products run on a CPU: fbgemm is 1.5-2x as fast per decode step but packs its weights "
+        "at each load (2-5 s per 0.6B model); int_mm reads the cached int8 weights as they are. fbgemm falls "
+        "back to int_mm where it is not available (ARM). See the README's 'int8 on a CPU'",
     )
     parser.add_argument(
         "--idle-unload",
         type=float,
         default=300.0,
-        help="Seconds without a request before the model is unloaded (0: after every request, -1: never)",
+        help="Seconds without a request before the worker goes to standby: the model stays loaded and its "
+        "weights become file pages the system may reclaim, so the next request needs no load "
+        "(0: after every request, -1: never). With --no-gateway the model is unloaded instead",
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        default=-1.0,
+        help="Seconds in standby before the worker process exits, handing back all its memory (0: exit at "
+        "--idle-unload instead of standby, -1: only when memory runs short)",
     )
     parser.add_argument("--preload", action="store_true", help="Load the model at start-up")
     parser.add_argument(
@@ -169,7 +178,7 @@ def add_common_options(parser: EnvArgumentParser, *, default_port: int) -> None:
         "--spare-worker",
         action="store_true",
         help="Keep a worker process that has done its imports but holds no model, at start-up and after each "
-        "idle stop, so that a cold request waits only for the model load (costs that process's memory, "
+        "worker exit, so that a cold request waits only for the model load (costs that process's memory, "
         "several hundred MiB; see the README's cold-start table)",
     )
     parser.add_argument(

@@ -2,10 +2,11 @@
 
 It owns the listener and answers `describe` itself, so discovery and Home Assistant's 1-second
 describe never wait on a model. On a connection's first other event it makes sure a worker runs, then
-relays events both ways unchanged. With no relayed connection for `--idle-unload` seconds it stops
-the worker, which hands back every byte the model, torch and CUDA held. A `warm-up` event
-(shared/warm_up.py) starts the worker before a request comes; with `--spare-worker` a fresh worker,
-its imports done and no model loaded, waits from start-up and after each idle stop.
+relays events both ways unchanged. With no relayed connection for `--idle-unload` seconds the worker
+goes to standby, and later it is stopped, which hands back every byte the model, torch and CUDA held
+(shared/idle_policy.py has the tiers). A `warm-up` event (shared/warm_up.py) starts the worker before a
+request comes; with `--spare-worker` a fresh worker, its imports done and no model loaded, waits from
+start-up and after each stop.
 
 The relay knows no protocol of its own. Each server kind gives it a `ReplyTracker` that says, from the
 event types passing by, when the client waits for the worker's answer and when that answer is complete;
@@ -30,6 +31,7 @@ from wyoming.ping import Ping, Pong
 from .background import BackgroundTasks
 from .connection import WRITE_TIMEOUT, Connection
 from .handler import HEALTH_PROBE
+from .idle_policy import IdlePolicy
 from .supervisor import WorkerSupervisor, WorkerUnavailable
 from .warm_up import PeerWarmer, WarmUp
 
@@ -72,58 +74,44 @@ class Gateway:
         write_timeout: float = WRITE_TIMEOUT,
         peer_warmer: Optional[PeerWarmer] = None,
         spare_worker: bool = False,
+        idle_exit: float = -1,
     ) -> None:
         self.supervisor = supervisor
         self.peer_warmer = peer_warmer  # `--warm-peer`: told of the client events that pass
         self.describe = describe
         self.new_tracker = new_tracker
-        self.idle_unload = idle_unload
         self.request_timeout = request_timeout
         self.write_timeout = write_timeout
-        self.spare_worker = spare_worker
-        self._worker_used = False  # since it started; an unused worker is a spare and holds no model
-        self._users = 0  # connections relayed to the worker, or waiting for it to start
-        self._idle_timer: Optional[asyncio.TimerHandle] = None
-        self._last_use_end = time.monotonic()
+        self.idle = IdlePolicy(supervisor, idle_unload, idle_exit, spare_worker)
         self._tasks = BackgroundTasks()
 
     def handler_factory(self, reader, writer) -> "GatewayHandler":
         return GatewayHandler(reader, writer, self)
 
-    # -- worker lifetime ------------------------------------------------------------------------
+    # -- worker lifetime (shared/idle_policy.py) ------------------------------------------------------
 
     def user_arrived(self) -> None:
-        self._users += 1
-        self._worker_used = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.idle.user_arrived()
 
     def user_left(self) -> None:
-        self._users -= 1
-        self._last_use_end = time.monotonic()
-        if self._users == 0:
-            self._arm_idle_timer()
+        self.idle.user_left()
+
+    def start_spare(self) -> None:
+        self.idle.start_spare()
 
     async def preload(self) -> None:
-        """`--preload`: start the worker now; it is stopped when idle like any other."""
-        self._worker_used = True  # its worker loads the model
+        """`--preload`: start the worker now; it goes to standby when idle like any other."""
         try:
             await self.supervisor.start()
         except WorkerUnavailable as err:
             _LOGGER.error("Preloading failed: %s", err)
             return
-        if self._users == 0:
-            self._last_use_end = time.monotonic()
-            self._arm_idle_timer()
+        self.idle.used_without_connection()  # its worker loads the model
 
     def warm_up(self) -> None:
         """A `warm-up` event: start the worker and have it load its default model, in the background; the
         idle countdown starts again, as after a request."""
-        self._last_use_end = time.monotonic()
-        self._worker_used = True
-        if self._users == 0:
-            self._arm_idle_timer()
+        self.idle.used_without_connection()
         self._tasks.spawn(self._warm_up())
 
     async def _warm_up(self) -> None:
@@ -138,39 +126,6 @@ class Gateway:
             pass  # the worker went away; the next request starts a new one
         finally:
             writer.close()
-
-    def _arm_idle_timer(self) -> None:
-        if self.idle_unload < 0:
-            return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.idle_unload, lambda: self._tasks.spawn(self._stop_if_idle()))
-
-    async def _stop_if_idle(self) -> None:
-        self._idle_timer = None
-        if self._users == 0 and self.supervisor.running:
-            if self.spare_worker and not self._worker_used:
-                return  # the spare: it holds no model
-            idle = time.monotonic() - self._last_use_end
-            await self.supervisor.stop(
-                f"no connection for {idle:.1f} s (--idle-unload {self.idle_unload:g}); handing back its memory"
-            )
-            if self.spare_worker and self._users == 0:
-                self.start_spare()
-
-    def start_spare(self) -> None:
-        """`--spare-worker`: a fresh worker that imports and listens, and loads a model only when asked."""
-        self._worker_used = False
-        self._tasks.spawn(self._start_spare())
-
-    async def _start_spare(self) -> None:
-        try:
-            await self.supervisor.start()
-        except WorkerUnavailable as err:
-            _LOGGER.warning("Could not start a spare worker: %s", err)
-            return
-        _LOGGER.info("Spare worker pid %s ready (no model loaded)", self.supervisor.pid)
 
     # -- health ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from wyoming.ping import Ping, Pong
 
 from .codec_events import MAX_FILE_BYTES, AudioEncode, AudioEncoded, AudioFile
 from .connection import Connection
+from .idle_policy import StandbyRequest
 from .warm_up import WarmUp
 
 _LOGGER = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ServerEventHandler(Connection):
             await self._pong(event)
         elif WarmUp.is_type(event.type):
             self.app.manager.preload_in_background(self.app.preload_key, warm=True)
+        elif StandbyRequest.is_type(event.type):
+            self.app.manager.standby_in_background(StandbyRequest.from_event(event).reason)
         else:
             await self._dispatch(event)
         return True

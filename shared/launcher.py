@@ -129,6 +129,7 @@ async def _serve_gateway(kind: ServerKind, args: argparse.Namespace, argv: List[
         args.write_timeout,
         PeerWarmer(getattr(args, "warm_peer", None) or [], kind.warms_peers_on),
         args.spare_worker,
+        args.idle_exit,
     )
     server = make_server(args.uri)
     http = None

@@ -47,6 +47,7 @@ class _Slot:
     loading: Optional[asyncio.Future] = None  # the load in progress, which every caller awaits
     warm_after_load: bool = False
     warmed: bool = False
+    in_standby: bool = False  # its weights are file pages out of memory (shared/standby.py) until next used
 
 
 class ModelUnavailable(RuntimeError):
@@ -123,6 +124,9 @@ class ModelManager:
 
         def job() -> T:
             slot.last_used = time.monotonic()
+            if slot.in_standby:
+                slot.in_standby = False
+                _LOGGER.info("Model %s leaves standby: serving from file pages", slot.key)
             return fn(model)
 
         return await self.inference.run(job, priority)
@@ -142,6 +146,36 @@ class ModelManager:
         task = self._tasks.spawn(self.preload(key, warm))
         task.add_done_callback(_log_preload_failure)
         return task
+
+    async def standby(self, reason: str) -> None:
+        """Every loaded model nobody uses goes to standby: it stays loaded, its weights become file pages the
+        kernel may reclaim (the engine's `standby()`, on the inference thread); the next request serves
+        without loading anything."""
+        for slot in self._slots.values():
+            model = slot.model
+            if model is None or slot.users > 0 or slot.in_standby or not hasattr(model, "standby"):
+                continue
+            started = time.monotonic()
+
+            def enter(slot=slot, model=model) -> Optional[str]:
+                if slot.users > 0 or slot.model is not model:
+                    return None  # a request came first
+                slot.in_standby = True
+                return model.standby()
+
+            summary = await self.inference.run(enter, Priority.BULK)
+            if summary is not None:
+                took = time.monotonic() - started
+                _LOGGER.info("Model %s in standby (%s): %s in %.2f s", slot.key, reason, summary, took)
+
+    def standby_in_background(self, reason: str) -> "asyncio.Task":
+        """The gateway's `standby` request; a failure is logged (the model keeps serving as it is)."""
+        task = self._tasks.spawn(self.standby(reason))
+        task.add_done_callback(_log_standby_failure)
+        return task
+
+    def in_standby(self, key: str) -> bool:
+        return self._slots[key].in_standby
 
     async def unload(self, key: str, reason: str) -> None:
         slot = self._slots[key]
@@ -210,6 +244,7 @@ class ModelManager:
             return
         slot.model = None
         slot.warmed = False
+        slot.in_standby = False
         slot.unloads += 1
         free_accelerator_memory()
         _LOGGER.info("Unloaded model %s (%s)", slot.key, reason)
@@ -244,6 +279,11 @@ class ModelManager:
 def _log_preload_failure(task: "asyncio.Task") -> None:
     if not task.cancelled() and task.exception() is not None:
         _LOGGER.error("Preloading the model failed: %s", task.exception())
+
+
+def _log_standby_failure(task: "asyncio.Task") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _LOGGER.error("Standby failed: %s", task.exception())
 
 
 @dataclass

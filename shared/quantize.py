@@ -99,6 +99,9 @@ class Int8Linear(nn.Module):
             quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
         else:
             quantized, scale = stored
+            # a copy: a view would keep the whole cache file mapped (and resident once packing read it)
+            # long after the packed weights replaced the int8 ones
+            scale = scale.clone()
         self.register_buffer("weight_int8", quantized)  # out x in, like nn.Linear
         self.register_buffer("weight_scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
@@ -163,10 +166,10 @@ class Siblings:
         return product
 
 
-def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
+def pack_for_cpu(modules: Iterable[nn.Module], packed_ranges: Optional[list] = None) -> int:
     """Give every Int8Linear (or set of siblings) among `modules` on the CPU fbgemm's packed form of its
     weights and release the plain int8 copy; returns how many matrices were packed (0 where fbgemm is not
-    to be used)."""
+    to be used). packed_ranges: receives the address ranges of the packed buffers (shared/file_pages.py)."""
     if _fbgemm_reduce_range() is None:
         return 0
     matrices = {}
@@ -179,9 +182,13 @@ def pack_for_cpu(modules: Iterable[nn.Module]) -> int:
     weights = [holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight for holder in unpacked]
     scales = [holder.weight_scale for holder in unpacked]
     # packing is single-threaded and releases the GIL: one thread per compute thread
-    with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack") as pool:
-        for holder, packed in zip(unpacked, pool.map(_prepack, weights, scales), strict=True):
-            holder.packed = packed
+    from .file_pages import record_allocations
+
+    with record_allocations(packed_ranges if packed_ranges is not None else []):
+        with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack") as pool:
+            for holder, packed in zip(unpacked, pool.map(_prepack, weights, scales), strict=True):
+                holder.packed = packed
+        del weights, scales
     for holder in matrices.values():  # the plain weights are no longer read: free them
         layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
         if not isinstance(holder, Int8Linear):
@@ -262,10 +269,12 @@ def quantize_int8(
     what: str,
     heads: Iterable[Tuple[nn.Module, str]] = (),
     cache: Optional[Path] = None,
+    packed_ranges: Optional[list] = None,
 ) -> int:
     """Replace every nn.Linear inside `decoders`, and each `(parent, name)` head, by an Int8Linear and fuse
     the siblings; returns how many layers were replaced. cache: a safetensors file (`cache_file`) that
-    holds the int8 weights: read when it fits, else written for the next start."""
+    holds the int8 weights: read when it fits, else written for the next start. packed_ranges: see
+    `pack_for_cpu`."""
     started = time.monotonic()
     decoders = list(decoders)
     heads = list(heads)
@@ -277,7 +286,7 @@ def quantize_int8(
     if cache is not None and stored is None:
         _write_cache(cache, {key: getattr(parent, name) for key, parent, name, _ in targets})
     fused = sum(fuse_siblings(parent) for decoder in decoders for parent in decoder.modules())
-    packed = pack_for_cpu(decoders + [parent for parent, _ in heads])
+    packed = pack_for_cpu(decoders + [parent for parent, _ in heads], packed_ranges)
     _LOGGER.info(
         "Quantized %d linear layers of %s to int8 (%d sets of siblings fused, %s%s) in %.2f s",
         len(targets),

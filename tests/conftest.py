@@ -26,7 +26,7 @@ DEVICE_ARGS = [
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tiny_models  # noqa: E402
-from wyoming_helpers import children, start_server, tts_args, wait_until_listening  # noqa: E402
+from wyoming_helpers import children, greedy_copy, start_server, tts_args, wait_until_listening  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +80,15 @@ async def _stop_all(started):
         await running.server.stop()
         with contextlib.suppress(Exception):
             await running.app.manager.close()
+
+
+@pytest.fixture
+def greedy_tiny_dir(tiny_dir, tmp_path) -> Path:
+    """The tiny TTS checkpoints decoding greedily: the same text gives the same audio."""
+    out = tmp_path / "greedy-tiny"
+    for name in ("tts-custom-voice", "tts-base", "tts-voice-design"):
+        greedy_copy(tiny_dir / name, out / name)
+    return out
 
 
 @pytest.fixture

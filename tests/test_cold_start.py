@@ -163,7 +163,7 @@ async def test_a_spare_worker_waits_with_its_imports_done_and_no_model(server_pr
     """--spare-worker: a worker is started at once and after each idle stop; it loads nothing until a request,
     is kept while unused, serves the next request itself, and is replaced by a fresh spare once idle."""
     server = await server_process(
-        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--spare-worker", "--idle-unload", "2"
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--spare-worker", "--idle-unload", "2", "--idle-exit", "0"
     )
     await wait_for(lambda: "Spare worker pid" in server.log(), 120, "the spare worker")
     (spare,) = server.children()

@@ -63,7 +63,9 @@ async def test_describe_needs_no_worker_even_while_one_starts(server_process, as
 
 
 async def test_idle_worker_is_stopped_and_a_new_request_starts_a_fresh_one(server_process, asr_model_dir):
-    server = await server_process("wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "2")
+    server = await server_process(
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "2", "--idle-exit", "0"
+    )
     assert (await transcribe(server))[-1].type == "transcript-stop"
     (worker,) = server.children()
     await wait_for(lambda: server.children() == [], timeout=30, what="the idle worker to exit")

@@ -98,7 +98,7 @@ async def test_wyoming_and_http_clients_at_once_get_their_own_transcripts(server
 
 async def test_either_front_keeps_the_worker_for_the_other_and_the_idle_stop_still_runs(server_process, asr_model_dir):
     server, base = await start_with_http(
-        server_process, "wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "2"
+        server_process, "wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "2", "--idle-exit", "0"
     )
     assert (await transcribe(server))[-1].type == "transcript-stop"  # Wyoming starts the worker
     (worker,) = server.children()

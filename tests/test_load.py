@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
-from pathlib import Path
 from typing import List
 
 import pytest
@@ -43,26 +41,6 @@ TTS_VOICES = ["ryan", "vivian", "eric"]  # all preset speakers: one model
 TTS_ONE_SHOT = {3, 7}  # these send one `synthesize`; the others stream their text
 TOKEN_DELAY = 0.05  # an LLM writing ~20 tokens per second
 QUIET_AFTER = 0.3  # seconds a connection must stay silent after its last expected event
-
-
-def greedy_copy(src: Path, dst: Path) -> Path:
-    """A checkpoint whose generate defaults decode greedily (everything else linked to `src`)."""
-    dst.mkdir(parents=True)
-    for part in src.iterdir():
-        if part.name != "generation_config.json":
-            (dst / part.name).symlink_to(part)
-    config = json.loads((src / "generation_config.json").read_text())
-    config.update(do_sample=False, subtalker_dosample=False)
-    (dst / "generation_config.json").write_text(json.dumps(config, indent=2))
-    return dst
-
-
-@pytest.fixture
-def greedy_tiny_dir(tiny_dir, tmp_path) -> Path:
-    out = tmp_path / "greedy-tiny"
-    for name in ("tts-custom-voice", "tts-base", "tts-voice-design"):
-        greedy_copy(tiny_dir / name, out / name)
-    return out
 
 
 async def read_reply(client, last: str, timeout: float = 180.0) -> List[Event]:

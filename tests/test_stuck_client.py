@@ -55,7 +55,9 @@ async def test_the_worker_of_a_client_that_never_reads_is_idle_stopped(server_pr
     port = free_port()
     uri = f"tcp://127.0.0.1:{port}"
     server = await server_process(
-        "wyoming_qwen_tts", *tts_args(tiny_dir, voices_dir, "--write-timeout", "5", "--idle-unload", "2"), uri=uri
+        "wyoming_qwen_tts",
+        *tts_args(tiny_dir, voices_dir, "--write-timeout", "5", "--idle-unload", "2", "--idle-exit", "0"),
+        uri=uri,
     )
     await first_audio(uri, "Warm up.")
     stuck = never_reading_client(port, "synthesize", {"text": READING})

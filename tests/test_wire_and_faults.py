@@ -202,14 +202,18 @@ async def test_ping_is_answered_without_starting_a_worker(server_process, asr_mo
 
 async def test_a_start_slower_than_idle_unload_is_not_stopped_under_its_client(server_process, asr_model_dir):
     # --idle-unload 0: stop the worker the moment nobody uses it; a client waiting for the start is a user
-    server = await server_process("wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "0")
+    server = await server_process(
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--idle-unload", "0", "--idle-exit", "0"
+    )
     assert (await transcribe(server))[-1].type == "transcript-stop"
     await wait_for(lambda: server.children() == [], timeout=20, what="the idle stop after the request")
     assert (await transcribe(server))[-1].type == "transcript-stop"
 
 
 async def test_preload_arms_the_idle_timer(server_process, asr_model_dir):
-    server = await server_process("wyoming_qwen_asr", "--model", str(asr_model_dir), "--preload", "--idle-unload", "2")
+    server = await server_process(
+        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--preload", "--idle-unload", "2", "--idle-exit", "0"
+    )
     await wait_for(lambda: server.children() != [], timeout=20, what="the preloaded worker")
     await wait_for(lambda: server.children() == [], timeout=30, what="the idle stop without any client")
     assert "no connection for" in server.log()
@@ -280,7 +284,15 @@ async def test_during_start_up_back_off_one_error_then_close(server_process, asr
 
 async def test_a_client_silent_for_too_long_is_closed_and_the_worker_idles_out(server_process, asr_model_dir):
     server = await server_process(
-        "wyoming_qwen_asr", "--model", str(asr_model_dir), "--request-timeout", "3", "--idle-unload", "1"
+        "wyoming_qwen_asr",
+        "--model",
+        str(asr_model_dir),
+        "--request-timeout",
+        "3",
+        "--idle-unload",
+        "1",
+        "--idle-exit",
+        "0",
     )
     from wyoming.client import AsyncClient
 

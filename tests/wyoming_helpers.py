@@ -107,6 +107,18 @@ def tts_args(tiny_dir, voices_dir, *extra) -> List[str]:
     return [*options, "--voices-dir", str(voices_dir), *extra]
 
 
+def greedy_copy(src: Path, dst: Path) -> Path:
+    """A checkpoint whose generate defaults decode greedily (everything else linked to `src`)."""
+    dst.mkdir(parents=True)
+    for part in src.iterdir():
+        if part.name != "generation_config.json":
+            (dst / part.name).symlink_to(part)
+    config = json.loads((src / "generation_config.json").read_text())
+    config.update(do_sample=False, subtalker_dosample=False)
+    (dst / "generation_config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
 def scratch_dir(prefix: str) -> Path:
     """A temporary folder for a benchmark's checkpoints and logs, removed when the process exits: a
     real-shape checkpoint takes gigabytes, and a disk full of old ones fails the next run."""

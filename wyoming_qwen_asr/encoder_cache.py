@@ -59,6 +59,11 @@ class EncoderCache:
         audio_tower.forward = self.forward
 
     @torch.no_grad()
+    def clear(self) -> None:
+        """Forget every cached chunk and window (standby: they are anonymous memory)."""
+        self._chunks.clear()
+        self._windows.clear()
+
     def forward(self, input_features, feature_lens=None, aftercnn_lens=None):
         if feature_lens is None or feature_lens.numel() != 1:
             raise ValueError("the encoder cache handles one audio at a time, as get_audio_features calls it")

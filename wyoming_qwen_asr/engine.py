@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from shared.inference import heartbeat
+from shared.standby import EngineStandby, pages_folder
 
 from .decode_loop import CAPACITIES, DecodeLoop, official_choice_problem, official_eos_ids
 from .model_io import SAMPLE_RATE, TOKEN_MARGIN
@@ -62,6 +63,7 @@ class AsrEngine:
         self.loop: Optional[DecodeLoop] = None
         if graphs is not None or static_loop:
             self.loop = self.decode_loop(graphs, capacities)
+        self.standby_memory = EngineStandby([self.model], None)  # `load` gives it a folder for its pages
 
     @classmethod
     def load(
@@ -86,18 +88,22 @@ class AsrEngine:
             Qwen3ASRModel.from_pretrained, path, device, dtype, attention, max_new_tokens=TOKEN_MARGIN
         )
         _LOGGER.info("Qwen3-ASR %s", loaded)
+        packed: list = []
         if quantize == "int8":
             from shared.quantize import cache_file, quantize_int8
 
             thinker = asr.model.thinker
             what = "the ASR language model and its head"
-            quantize_int8([thinker.model], what, heads=[(thinker, "lm_head")], cache=cache_file(path))
+            cache = cache_file(path)
+            quantize_int8([thinker.model], what, heads=[(thinker, "lm_head")], cache=cache, packed_ranges=packed)
         graphs = None
         if cuda_graphs and str(device).startswith("cuda"):
             from shared.graphs import runtime_for
 
             graphs = runtime_for(device)
-        return cls(asr, graphs=graphs)
+        engine = cls(asr, graphs=graphs)
+        engine.standby_memory = EngineStandby([asr.model], pages_folder(path), packed)
+        return engine
 
     def decode_loop(self, graphs: Optional["GraphRuntime"] = None, capacities: Optional[Sequence[int]] = CAPACITIES):
         """A static-cache decode loop on this model, or None (logged) where it would not choose the
@@ -120,6 +126,12 @@ class AsrEngine:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # -- inference ------------------------------------------------------------------------------
+
+    def standby(self) -> str:
+        """Keep the model, hold its weights as file pages (shared/standby.py); returns a summary for the log."""
+        if self.encoder_cache is not None:
+            self.encoder_cache.clear()
+        return self.standby_memory.enter()
 
     def warm_up(self) -> None:
         """One token for half a second of silence: the first inference of a process pays one-time costs."""

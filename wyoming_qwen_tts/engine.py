@@ -11,6 +11,8 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from shared.standby import EngineStandby, pages_folder
+
 from .clone_prompts import ClonePromptCache
 from .frames import generate_frames, watched_frames
 from .incremental_decoder import CONTEXT_FRAMES, IncrementalDecoder
@@ -44,6 +46,11 @@ class TtsEngine:
         self.kind = tts.model.tts_model_type
         self.clone_prompts = ClonePromptCache(model_id)
         self.frames_generated = 0  # progress, read by tests and logs
+        self.standby_memory = EngineStandby(self._modules(), None)  # `load` gives it a folder for its pages
+
+    def _modules(self) -> list:
+        """The torch modules whose weights standby moves: the model and its codec (a separate module)."""
+        return [self.tts.model, self.tts.model.speech_tokenizer.model]
 
     @property
     def default_first_chunk_frames(self) -> int:
@@ -77,21 +84,30 @@ class TtsEngine:
             attention = "sdpa"
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
+        packed: list = []
         if quantize == "int8":
             from shared.quantize import cache_file, quantize_int8
 
             talker = tts.model.talker
             what = "the TTS talker and code predictor"
-            quantize_int8([talker.model, talker.code_predictor.model], what, cache=cache_file(path))
+            decoders = [talker.model, talker.code_predictor.model]
+            quantize_int8(decoders, what, cache=cache_file(path), packed_ranges=packed)
         if graphs:
             from .frame_graphs import graphed_step_loop
 
-            return cls(tts, model_id, graphed_step_loop(tts))
-        if str(device).startswith("cpu"):
+            engine = cls(tts, model_id, graphed_step_loop(tts))
+        elif str(device).startswith("cpu"):
             from .step_loop import cpu_step_loop
 
-            return cls(tts, model_id, cpu_step_loop(tts.model.talker))
-        return cls(tts, model_id)
+            engine = cls(tts, model_id, cpu_step_loop(tts.model.talker))
+        else:
+            engine = cls(tts, model_id)
+        engine.standby_memory = EngineStandby(engine._modules(), pages_folder(path), packed)
+        return engine
+
+    def standby(self) -> str:
+        """Keep the model, hold its weights as file pages (shared/standby.py); returns a summary for the log."""
+        return self.standby_memory.enter()
 
     def warm_up(self) -> None:
         """Two frames of a preset speaker, decoded: the first inference of a process pays one-time costs."""
