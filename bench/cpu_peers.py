@@ -128,7 +128,8 @@ def write_audio(path: Path) -> None:
 
 def run_job(job: Job, threads: int, timeout: float, repeat: int) -> Optional[dict]:
     """One process of `job`; its runs join job.runs. Returns its result line, or None (error kept)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # QWEN_*: the servers' options (tests/wyoming_helpers sets some for the tests): ours runs at its defaults
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("QWEN_")}
     env.update({name: str(threads) for name in THREAD_VARIABLES})
     env.update(PYTHONNOUSERSITE="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     try:
@@ -142,8 +143,16 @@ def run_job(job: Job, threads: int, timeout: float, repeat: int) -> Optional[dic
         job.errors.append(f"repeat {repeat}: {result['error']}")
         print(done.stderr[-3000:], file=sys.stderr)
         return None
-    job.details.update({k: v for k, v in result.items() if k not in ("runs", "load_s")})
-    job.runs += [dict(run, repeat=repeat, load_s=result.get("load_s")) for run in result["runs"]]
+    job.details.update({k: v for k, v in result.items() if k not in ("runs", "load_s", "memory_mib", "packing_s")})
+    memory = result.get("memory_mib") or {}
+    per_process = dict(
+        load_s=result.get("load_s"),
+        packing_s=result.get("packing_s"),
+        rss_mib=memory.get("rss"),
+        anon_mib=memory.get("anonymous"),
+        peak_mib=memory.get("peak"),
+    )
+    job.runs += [dict(run, repeat=repeat, **per_process) for run in result["runs"]]
     return result
 
 
@@ -154,7 +163,10 @@ def median(runs: list, key: str) -> Optional[float]:
 
 def summary(job: Job) -> dict:
     runs = job.runs
-    figures = dict(measured=len(runs), load_s=median(runs, "load_s"))
+    figures = dict(measured=len(runs), load_s=median(runs, "load_s"), packing_s=median(runs, "packing_s"))
+    figures.update(
+        rss_mib=median(runs, "rss_mib"), anon_mib=median(runs, "anon_mib"), peak_mib=median(runs, "peak_mib")
+    )
     figures["foreign_max"] = max((run["foreign"] for run in runs), default=None)
     if job.task == "tts":
         for run in runs:
@@ -174,6 +186,13 @@ def cell(value, digits: int = 2) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def memory_cell(row: dict) -> str:
+    """The process's memory after its runs: resident (its anonymous part, the peak resident)."""
+    if row.get("rss_mib") is None:
+        return "-"
+    return f"{row['rss_mib']:.0f} ({row['anon_mib']:.0f}, {row['peak_mib']:.0f})"
 
 
 def foreign_cell(value) -> str:
@@ -233,17 +252,28 @@ def print_report(jobs: List[Job], figures: dict, targets: dict, head: List[str])
         f"\nTTS: {len(SENTENCE)} characters to {FRAMES} frames ({FRAMES / 12.5:.2f} s of audio), speaker ryan; "
         f"ours streams with a first chunk of {cell(ours_tts.details.get('first_chunk_frames'))} frame(s)"
     )
-    print("system | format | compute s per s of audio | first audio s | audio s | load s | foreign | runs | error")
+    print(
+        "system | format | compute s per s of audio | first audio s | audio s | load s | RSS MiB (anonymous, peak) "
+        "| foreign | runs | error"
+    )
     for job in (job for job in jobs if job.task == "tts"):
         row = figures[job.key]
         values = [row["compute_per_audio_s"], row["first_audio_s"], row["audio_s"], row["load_s"]]
-        print(" | ".join([job.system, job.format, *map(cell, values), *row_end(job, row)]))
+        print(" | ".join([job.system, job.format, *map(cell, values), memory_cell(row), *row_end(job, row)]))
     print(f"\nASR: {ASR_SECONDS:g} s speech-like audio, at most {ASR_TOKENS} tokens, greedy, English")
-    print("system | format | seconds | 1 token s | tokens | load s | foreign | runs | error")
+    print(
+        "system | format | seconds | 1 token s | tokens | load s | RSS MiB (anonymous, peak) | foreign | runs | error"
+    )
     for job in (job for job in jobs if job.task == "asr"):
         row = figures[job.key]
         values = [cell(row["asr_s"]), cell(row["prefill_s"]), cell(row["tokens"], 0), cell(row["load_s"])]
-        print(" | ".join([job.system, job.format, *values, *row_end(job, row)]))
+        print(" | ".join([job.system, job.format, *values, memory_cell(row), *row_end(job, row)]))
+    packed = [(job, figures[job.key]) for job in jobs if figures[job.key].get("packing_s") is not None]
+    for job, row in packed:
+        print(
+            f"{job.system} {job.task}: fbgemm packing after the load, in the background while serving: "
+            f"{cell(row['packing_s'])} s"
+        )
 
     print("\nmeasured in this run (medians), against the targets:")
     for name, (value, target) in targets.items():

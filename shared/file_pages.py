@@ -95,15 +95,17 @@ def record_allocations(into: List[Range]) -> Iterator[None]:
     finally:
         libc.mallopt(_M_MMAP_THRESHOLD, _USUAL_THRESHOLD)
         after = mappings()
-        guarded = {m.end for m in after if m.perms.startswith("---")} | {
-            m.start for m in after if m.perms.startswith("---")
+        reserved = {m.start for m in after if m.perms.startswith("---")} | {
+            m.end for m in after if m.perms.startswith("---")
         }
-        candidates = [
-            (m.start, m.end)
-            for m in after
-            if m.path == "" and m.perms.startswith("rw") and m.start not in guarded and m.end not in guarded
-        ]
-        into.extend(r for r in _subtract(candidates, before) if r[1] - r[0] >= MIN_BYTES)
+        candidates = [(m.start, m.end) for m in after if m.path == "" and m.perms.startswith("rw")]
+        # a new range that borders a reserved one is a thread's stack (above its guard page) or the grown
+        # part of a malloc heap (below its reserve)
+        into.extend(
+            (start, end)
+            for start, end in _subtract(candidates, before)
+            if end - start >= MIN_BYTES and start not in reserved and end not in reserved
+        )
 
 
 def _anonymous_ranges(found: List[Mapping]) -> List[Range]:

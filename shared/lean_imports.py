@@ -2,6 +2,10 @@
 
 Measured with `python -X importtime` on these machines (2 cores), of a 4-6 s worker start:
 - `nagisa` (2-3 s): qwen-asr imports it at the top of its forced aligner, which this server never calls.
+- `torchaudio`: qwen-tts imports `torchaudio.compliance.kaldi` (plain torch code) for its 25 Hz tokenizer,
+  which this server never loads. torchaudio's own `__init__` loads C++ libraries built against one exact
+  torch: deferred, the TTS server also runs on a torch build that has no matching torchaudio (the CPU
+  build the benchmarks measure, `script/bench cold-start --cpu-torch`).
   `import nagisa` now gives a stand-in module that imports the real one on first attribute access, so the
   aligner would still work if it were ever called. (`importlib.util.LazyLoader` cannot do this on Python
   3.11: the import statement itself reads the module's `__spec__`, which loads it.)
@@ -19,7 +23,7 @@ import importlib.util
 import sys
 import types
 
-DEFERRED = ("nagisa",)  # imported at the top of modules we load, used only by features we never call
+DEFERRED = ("nagisa", "torchaudio")  # imported at the top of modules we load, used only by features we never call
 ABSENT = ("sklearn",)  # optional for transformers; present, it is imported for a feature we never call
 
 
@@ -32,12 +36,22 @@ def install() -> None:
 
 
 def _defer(name: str) -> None:
-    if name in sys.modules or importlib.util.find_spec(name) is None:
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
         return
     stand_in = types.ModuleType(name, f"{name}, imported on first use (shared.lean_imports)")
+    # what `importlib.util.find_spec(name)` reads (transformers asks whether a package is there), and where
+    # the package's submodules are: a submodule that needs nothing of its package's own `__init__` (such as
+    # torchaudio.compliance.kaldi) is imported as usual, and the package itself only on first use
+    stand_in.__spec__ = spec
+    if spec.submodule_search_locations is not None:
+        stand_in.__path__ = list(spec.submodule_search_locations)
 
     def real_attribute(attribute: str):
-        if attribute.startswith("__"):  # introspection (inspect.getmodule walks every module's __file__)
+        if attribute.startswith("__") and attribute != "__version__":  # introspection (inspect.getmodule walks
+            # every module's __file__)
             raise AttributeError(attribute)
         if sys.modules.get(name) is stand_in:
             del sys.modules[name]

@@ -168,38 +168,111 @@ class Siblings:
 
 def pack_for_cpu(modules: Iterable[nn.Module], packed_ranges: Optional[list] = None) -> int:
     """Give every Int8Linear (or set of siblings) among `modules` on the CPU fbgemm's packed form of its
-    weights and release the plain int8 copy; returns how many matrices were packed (0 where fbgemm is not
-    to be used). packed_ranges: receives the address ranges of the packed buffers (shared/file_pages.py)."""
+    weights now, and release the plain int8 copy; returns how many matrices were packed (0 where fbgemm is
+    not to be used). packed_ranges: receives the address ranges of the packed buffers (shared/file_pages.py).
+    A serving engine packs in the background instead (`KernelPacking`)."""
     if _fbgemm_reduce_range() is None:
         return 0
-    matrices = {}
+    unpacked = _unpacked_holders(modules)
+    weights = [_plain_weight(holder) for holder in unpacked]
+    scales = [holder.weight_scale for holder in unpacked]
+    from .file_pages import record_allocations
+
+    with record_allocations(packed_ranges if packed_ranges is not None else []):
+        for holder, packed in zip(unpacked, _packer().map(_prepack, weights, scales), strict=True):
+            holder.packed = packed
+        del weights, scales
+    for holder in unpacked:  # the plain weights are no longer read: free them
+        _release_plain(holder)
+    if unpacked:
+        from .devices import free_accelerator_memory
+
+        free_accelerator_memory()  # malloc keeps the freed copies otherwise: 450 MiB of the ASR model's RSS
+    return len(unpacked)
+
+
+class KernelPacking:
+    """fbgemm packing off the critical path: a loaded model serves at once through `_int_mm` (which reads the
+    int8 weights as cached, mapped from the file), and its matrices are packed one at a time between
+    requests (`step`, on the inference thread, as low-priority jobs); each layer changes kernel when its
+    matrix is packed. Both kernels compute the same per-row int8 products (results differ in rounding
+    only: see `int8_product`), and the packing order is fixed, so a given request always sees the same."""
+
+    def __init__(self, modules: Iterable[nn.Module], packed_ranges: Optional[list] = None) -> None:
+        self.pending = _unpacked_holders(modules) if _fbgemm_reduce_range() is not None else []
+        self.packed_ranges = packed_ranges if packed_ranges is not None else []
+        self.count = len(self.pending)
+        self.seconds = 0.0
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def step(self) -> bool:
+        """Pack the next few matrices (about STEP_ELEMENTS weights, at least one matrix); returns whether
+        any are left."""
+        from .file_pages import record_allocations
+
+        if not self.pending:
+            return False
+        started = time.monotonic()
+        batch, elements = [], 0
+        while self.pending and (not batch or elements < STEP_ELEMENTS):
+            holder = self.pending.pop(0)
+            batch.append(holder)
+            elements += _plain_weight(holder).numel()
+        weights = [_plain_weight(holder) for holder in batch]
+        scales = [holder.weight_scale for holder in batch]
+        with record_allocations(self.packed_ranges):
+            for holder, packed in zip(batch, _packer().map(_prepack, weights, scales), strict=True):
+                holder.packed = packed
+        del weights, scales
+        for holder in batch:
+            _release_plain(holder)
+        if not self.pending:
+            from .devices import free_accelerator_memory
+
+            free_accelerator_memory()
+        self.seconds += time.monotonic() - started
+        return bool(self.pending)
+
+
+STEP_ELEMENTS = 32 << 20  # about 0.15 s of packing on 2 threads: the longest a request waits for a step
+
+
+@lru_cache(maxsize=None)
+def _packer() -> ThreadPoolExecutor:
+    """The threads that pack, for every model of the process (packing is single-threaded and releases the
+    GIL: one thread per compute thread). Threads of their own have malloc heaps of their own, which hold no
+    free blocks the size of a matrix, so each packed matrix gets a mapping of its own, which
+    `record_allocations` can find (on a thread that also runs inference, malloc reuses the blocks that
+    inference freed, in the middle of its heap)."""
+    return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack")
+
+
+def _unpacked_holders(modules: Iterable[nn.Module]) -> list:
+    """Each Int8Linear, or set of siblings, on the CPU among `modules` without a packed form, in module order."""
+    holders = {}
     for module in modules:
         for layer in module.modules():
             if isinstance(layer, Int8Linear) and layer.weight_int8.device.type == "cpu":
                 holder = layer if layer.siblings is None else layer.siblings
-                matrices[id(holder)] = holder
-    unpacked = [holder for holder in matrices.values() if holder.packed is None]
-    weights = [holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight for holder in unpacked]
-    scales = [holder.weight_scale for holder in unpacked]
-    # packing is single-threaded and releases the GIL: one thread per compute thread
-    from .file_pages import record_allocations
+                if holder.packed is None:
+                    holders[id(holder)] = holder
+    return list(holders.values())
 
-    with record_allocations(packed_ranges if packed_ranges is not None else []):
-        with ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="int8-pack") as pool:
-            for holder, packed in zip(unpacked, pool.map(_prepack, weights, scales), strict=True):
-                holder.packed = packed
-        del weights, scales
-    for holder in matrices.values():  # the plain weights are no longer read: free them
-        layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
-        if not isinstance(holder, Int8Linear):
-            holder.weight = _RELEASED
-        for layer in layers:
-            layer.weight_int8 = _RELEASED
-    if matrices:
-        from .devices import free_accelerator_memory
 
-        free_accelerator_memory()  # malloc keeps the freed copies otherwise: 450 MiB of the ASR model's RSS
-    return len(matrices)
+def _plain_weight(holder) -> torch.Tensor:
+    return holder.weight_int8 if isinstance(holder, Int8Linear) else holder.weight
+
+
+def _release_plain(holder) -> None:
+    """The plain int8 weights of a packed holder are no longer read: free them."""
+    layers = [holder] if isinstance(holder, Int8Linear) else holder.layers
+    if not isinstance(holder, Int8Linear):
+        holder.weight = _RELEASED
+    for layer in layers:
+        layer.weight_int8 = _RELEASED
 
 
 _RELEASED = torch.empty(0, dtype=torch.int8)
@@ -270,11 +343,12 @@ def quantize_int8(
     heads: Iterable[Tuple[nn.Module, str]] = (),
     cache: Optional[Path] = None,
     packed_ranges: Optional[list] = None,
+    pack: bool = True,
 ) -> int:
     """Replace every nn.Linear inside `decoders`, and each `(parent, name)` head, by an Int8Linear and fuse
     the siblings; returns how many layers were replaced. cache: a safetensors file (`cache_file`) that
     holds the int8 weights: read when it fits, else written for the next start. packed_ranges: see
-    `pack_for_cpu`."""
+    `pack_for_cpu`. pack: False leaves the packing to the caller (`KernelPacking`)."""
     started = time.monotonic()
     decoders = list(decoders)
     heads = list(heads)
@@ -286,13 +360,19 @@ def quantize_int8(
     if cache is not None and stored is None:
         _write_cache(cache, {key: getattr(parent, name) for key, parent, name, _ in targets})
     fused = sum(fuse_siblings(parent) for decoder in decoders for parent in decoder.modules())
-    packed = pack_for_cpu(decoders + [parent for parent, _ in heads], packed_ranges)
+    packed = pack_for_cpu(decoders + [parent for parent, _ in heads], packed_ranges) if pack else 0
+    if packed:
+        kernels = "fbgemm kernels"
+    elif pack or _fbgemm_reduce_range() is None:
+        kernels = "torch._int_mm"
+    else:
+        kernels = "fbgemm kernels once packed in the background, torch._int_mm until then"
     _LOGGER.info(
         "Quantized %d linear layers of %s to int8 (%d sets of siblings fused, %s%s) in %.2f s",
         len(targets),
         what,
         fused,
-        "fbgemm kernels" if packed else "torch._int_mm",
+        kernels,
         "" if cache is None else (", read from the cache" if stored is not None else ", cache written"),
         time.monotonic() - started,
     )

@@ -10,7 +10,7 @@ import torch
 
 from shared import idle_policy
 from shared.file_pages import FilePages, anonymous_mib, mappings, record_allocations
-from shared.quantize import _fbgemm_reduce_range, _prepack, int8_product
+from shared.quantize import _fbgemm_reduce_range, _packer, _prepack, int8_product
 
 MiB = 1 << 20
 
@@ -60,8 +60,8 @@ def test_packed_weights_move_to_file_pages_where_fbgemm_reads_them(tmp_path):
     rows = torch.randn(3, 1024)
     ranges = []
     anonymous_before, _ = anonymous_mib()
-    with record_allocations(ranges):
-        packed = [_prepack(weight, scale) for weight in weights]
+    with record_allocations(ranges):  # on the packing threads, as shared.quantize packs
+        packed = list(_packer().map(_prepack, weights, [scale] * len(weights)))
     recorded = sum(end - start for start, end in ranges)
     assert 16 * MiB <= recorded <= 20 * MiB, recorded
     products = [int8_product(rows, None, None, p) for p in packed]

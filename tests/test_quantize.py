@@ -329,3 +329,30 @@ def test_a_read_only_model_folder_caches_in_the_hub_cache_and_says_so(tiny_dir, 
     caplog.clear()
     assert quantize.cache_file(model_dir) is None
     assert "quantized again at every load" in caplog.text
+
+
+@pytest.mark.skipif(quantize._fbgemm_reduce_range() is None, reason="needs fbgemm (x86); ARM has nothing to pack")
+def test_a_model_serves_while_its_kernels_are_packed_in_the_background():
+    """quantize_int8(pack=False) serves at once through `_int_mm`; KernelPacking's steps then pack a few
+    matrices each, recording where the packed buffers lie (for standby), and the model ends up computing
+    exactly what packing at load computes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(40)])  # 1 MiB a matrix in int8
+    at_load, later = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_int8([at_load], "packed at load")
+    quantize_int8([later], "packed later", pack=False)
+    x = torch.randn(1, 1024)
+    with torch.inference_mode():
+        reference, by_int_mm = at_load(x), later(x)
+    assert not torch.equal(by_int_mm, reference) and float((by_int_mm - reference).norm() / reference.norm()) < 0.05
+    ranges = []
+    packing = quantize.KernelPacking([later], ranges)
+    assert packing.count == 40 and not packing.done
+    steps = 1
+    while packing.step():
+        steps += 1
+    assert 1 < steps < 40 and packing.done  # a few matrices a step: 32 Mi weights (quantize.STEP_ELEMENTS)
+    assert all(layer.packed is not None and layer.weight_int8.numel() == 0 for layer in later)
+    assert sum(end - start for start, end in ranges) >= 40 << 20
+    with torch.inference_mode():
+        assert torch.equal(later(x), reference)

@@ -223,6 +223,31 @@ async def test_a_worker_keeps_its_last_model_and_unloads_the_others_on_their_tim
         await manager.close()
 
 
+async def test_the_memory_malloc_kept_goes_back_once_requests_stop(monkeypatch):
+    """TRIM_AFTER seconds after the last request, malloc's kept memory is handed back, on the inference
+    thread; a request that comes first puts it off."""
+    import asyncio
+    import threading
+
+    from shared import model_manager
+
+    trims = []
+    real = model_manager.trim_host_memory
+    monkeypatch.setattr(model_manager, "TRIM_AFTER", 0.3)
+    monkeypatch.setattr(model_manager, "trim_host_memory", lambda: trims.append(threading.current_thread()) or real())
+    manager = model_manager.ModelManager()
+    manager.register("one", lambda: object(), idle_unload=-1)
+    async with manager.use("one") as handle:
+        inference_thread = await handle.run(lambda _model: threading.current_thread())
+    await asyncio.sleep(0.1)
+    async with manager.use("one") as handle:  # within TRIM_AFTER: the trim waits for this one to end
+        await asyncio.sleep(0.4)
+        assert trims == []
+    await asyncio.sleep(0.6)
+    assert trims == [inference_thread]
+    await manager.close()
+
+
 def test_reply_trackers_say_when_a_client_waits():
     from shared.gateway import ReplyTracker
     from wyoming_qwen_asr.kind import KIND as ASR

@@ -26,10 +26,17 @@ def moved_mib(summary: str) -> float:
     return float(summary.split(" MiB moved")[0])
 
 
-def test_int8_asr_standby_moves_its_weights_and_decodes_the_same(small_pages, asr_model_dir):
+def test_int8_asr_standby_moves_its_weights_and_decodes_the_same(small_pages, tmp_path):
     from wyoming_qwen_asr.engine import AsrEngine
 
-    engine = AsrEngine.load(asr_model_dir, "cpu", torch.float32, quantize="int8")
+    import tiny_models
+
+    # a bfloat16 checkpoint, as published: the float32 weights it loads as are converted copies, anonymous
+    # memory that standby moves
+    checkpoint = tiny_models.build_asr(tmp_path / "asr-bf16", dtype="bfloat16")
+    engine = AsrEngine.load(checkpoint, "cpu", torch.float32, quantize="int8")
+    while engine.prepare_step():  # the worker packs in the background after a load
+        pass
     prompt = engine.prompt("", None)
     before = engine.decode(noise(2.0), prompt, max_new_tokens=12)
     summary = engine.standby()
@@ -46,6 +53,8 @@ def test_int8_tts_standby_moves_its_weights_and_speaks_the_same(small_pages, gre
     # bfloat16 from a float32 checkpoint: the weights are converted copies, anonymous memory to move (as a
     # published bfloat16 checkpoint loaded in float32 gives)
     engine = TtsEngine.load(path, str(path), "cpu", torch.bfloat16, quantize="int8")
+    while engine.prepare_step():
+        pass
 
     def speak() -> np.ndarray:
         chunks = []

@@ -26,6 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # decodes every sample (`--vad off`, here as the environment default its options read), unless it is given
 # `--vad on`, as the tests and benchmark of the detector itself are (tests/test_asr_endpointing.py).
 os.environ.setdefault("QWEN_ASR_VAD", "off")
+# Many tests compare a server's replies with one another (the same audio alone and among others, greedy speech
+# twice). A worker serves its first requests through int_mm while fbgemm's packing is under way, and the two
+# kernels round differently, so these servers pack before serving (`--int8-packing load`, here as the
+# environment default their options read); the tests of the background packing ask for it
+# (tests/test_idle_tiers.py, tests/test_quantize.py).
+for _server in ("ASR", "TTS"):
+    os.environ.setdefault(f"QWEN_{_server}_INT8_PACKING", "load")
 
 
 def speechlike(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> bytes:

@@ -53,7 +53,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     """Build the app without loading anything: the model loads on first use (or `--preload`)."""
     model = choose_model(args.model, args.device)
     manager = manager or new_manager(args)
-    loader = model_loader(model, args, partial(_load_engine, args.cuda_graphs))
+    loader = model_loader(model, args, partial(_load_engine, args.cuda_graphs, args.int8_packing))
     manager.register(MODEL_KEY, loader, args.idle_unload, warm_after_load=wants_cuda(args.device))
     return AsrApp(
         describe=describer(args),
@@ -69,7 +69,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(cuda_graphs: bool, path, device, dtype, quantize):
+def _load_engine(cuda_graphs: bool, int8_packing: str, path, device, dtype, quantize):
     from .engine import AsrEngine
 
-    return AsrEngine.load(path, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs)
+    return AsrEngine.load(path, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs, int8_packing=int8_packing)

@@ -64,6 +64,7 @@ class AsrEngine:
         if graphs is not None or static_loop:
             self.loop = self.decode_loop(graphs, capacities)
         self.standby_memory = EngineStandby([self.model], None)  # `load` gives it a folder for its pages
+        self.packing = None  # `load` gives an int8 model its KernelPacking
 
     @classmethod
     def load(
@@ -74,12 +75,14 @@ class AsrEngine:
         attention: Optional[str] = None,
         quantize: str = "none",
         cuda_graphs: bool = True,
+        int8_packing: str = "background",
     ) -> "AsrEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the language model's linear layers and its output head in int8 (the audio encoder
         and the embeddings stay float; see shared/quantize.py). cuda_graphs: on a CUDA device, decode on
         the static-cache loop with its step captured as a CUDA graph now; elsewhere the official generate
-        stays (measured faster on a CPU, see `decode_loop`)."""
+        stays (measured faster on a CPU, see `decode_loop`). int8_packing: `--int8-packing`, when fbgemm's
+        weights are packed (shared/quantize.py, KernelPacking)."""
         from qwen_asr import Qwen3ASRModel
 
         from shared.devices import load_pretrained
@@ -89,13 +92,16 @@ class AsrEngine:
         )
         _LOGGER.info("Qwen3-ASR %s", loaded)
         packed: list = []
+        packing = None
         if quantize == "int8":
-            from shared.quantize import cache_file, quantize_int8
+            from shared.quantize import KernelPacking, cache_file, quantize_int8
 
             thinker = asr.model.thinker
             what = "the ASR language model and its head"
-            cache = cache_file(path)
-            quantize_int8([thinker.model], what, heads=[(thinker, "lm_head")], cache=cache, packed_ranges=packed)
+            later = int8_packing == "background"
+            heads = [(thinker, "lm_head")]
+            quantize_int8([thinker.model], what, heads, cache_file(path), packed, pack=not later)
+            packing = KernelPacking([thinker.model, thinker], packed) if later else None
         graphs = None
         if cuda_graphs and str(device).startswith("cuda"):
             from shared.graphs import runtime_for
@@ -103,7 +109,13 @@ class AsrEngine:
             graphs = runtime_for(device)
         engine = cls(asr, graphs=graphs)
         engine.standby_memory = EngineStandby([asr.model], pages_folder(path), packed)
+        engine.packing = packing
         return engine
+
+    def prepare_step(self) -> bool:
+        """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
+        The model serves meanwhile (shared/quantize.py, KernelPacking)."""
+        return self.packing is not None and self.packing.step()
 
     def decode_loop(self, graphs: Optional["GraphRuntime"] = None, capacities: Optional[Sequence[int]] = CAPACITIES):
         """A static-cache decode loop on this model, or None (logged) where it would not choose the

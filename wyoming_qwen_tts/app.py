@@ -64,7 +64,7 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     models = choose_models(args)
     manager = manager or new_manager(args)
     for kind, model in models.items():
-        load = partial(_load_engine, model, args.cuda_graphs)
+        load = partial(_load_engine, model, args.cuda_graphs, args.int8_packing)
         loader = model_loader(model, args, load)
         manager.register(MODEL_KEYS[kind], loader, args.idle_unload, warm_after_load=wants_cuda(args.device))
     return TtsApp(
@@ -81,7 +81,9 @@ def create_app(args: argparse.Namespace, manager: Optional[ModelManager] = None)
     )
 
 
-def _load_engine(model_id: str, cuda_graphs: bool, path, device, dtype, quantize):
+def _load_engine(model_id: str, cuda_graphs: bool, int8_packing: str, path, device, dtype, quantize):
     from .engine import TtsEngine
 
-    return TtsEngine.load(path, model_id, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs)
+    return TtsEngine.load(
+        path, model_id, device, dtype, quantize=quantize, cuda_graphs=cuda_graphs, int8_packing=int8_packing
+    )

@@ -47,6 +47,7 @@ class TtsEngine:
         self.clone_prompts = ClonePromptCache(model_id)
         self.frames_generated = 0  # progress, read by tests and logs
         self.standby_memory = EngineStandby(self._modules(), None)  # `load` gives it a folder for its pages
+        self.packing = None  # `load` gives an int8 model its KernelPacking
 
     def _modules(self) -> list:
         """The torch modules whose weights standby moves: the model and its codec (a separate module)."""
@@ -69,6 +70,7 @@ class TtsEngine:
         attention: Optional[str] = None,
         quantize: str = "none",
         cuda_graphs: bool = True,
+        int8_packing: str = "background",
     ) -> "TtsEngine":
         """attention: flash_attention_2 or sdpa; default: flash-attention where it is installed and can run.
         quantize "int8": the talker's and code predictor's linear layers in int8 (heads, embeddings and the
@@ -85,13 +87,16 @@ class TtsEngine:
         tts, loaded = load_pretrained(Qwen3TTSModel.from_pretrained, path, device, dtype, attention)
         _LOGGER.info("Qwen3-TTS %s %s", tts.model.tts_model_type, loaded)
         packed: list = []
+        packing = None
         if quantize == "int8":
-            from shared.quantize import cache_file, quantize_int8
+            from shared.quantize import KernelPacking, cache_file, quantize_int8
 
             talker = tts.model.talker
             what = "the TTS talker and code predictor"
             decoders = [talker.model, talker.code_predictor.model]
-            quantize_int8(decoders, what, cache=cache_file(path), packed_ranges=packed)
+            later = int8_packing == "background"  # `--int8-packing`
+            quantize_int8(decoders, what, cache=cache_file(path), packed_ranges=packed, pack=not later)
+            packing = KernelPacking(decoders, packed) if later else None
         if graphs:
             from .frame_graphs import graphed_step_loop
 
@@ -103,7 +108,13 @@ class TtsEngine:
         else:
             engine = cls(tts, model_id)
         engine.standby_memory = EngineStandby(engine._modules(), pages_folder(path), packed)
+        engine.packing = packing
         return engine
+
+    def prepare_step(self) -> bool:
+        """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
+        The model serves meanwhile (shared/quantize.py, KernelPacking)."""
+        return self.packing is not None and self.packing.step()
 
     def standby(self) -> str:
         """Keep the model, hold its weights as file pages (shared/standby.py); returns a summary for the log."""

@@ -41,9 +41,25 @@ class Clock:
         return dict(values, total_s=round(wall, 4), cpu_s=round(own, 3), foreign=round(foreign, 3))
 
 
+def memory_mib() -> dict:
+    """This process's memory now, after its runs (MiB): resident, its anonymous and file-backed parts
+    (smaps_rollup), and the peak resident size (VmHWM)."""
+    values = {}
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            parts = line.split()
+            if parts[0] in ("Rss:", "Anonymous:"):
+                values[parts[0][:-1].lower()] = int(parts[1]) / 1024
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
+    rss, anonymous = values["rss"], values["anonymous"]
+    return dict(rss=round(rss), anonymous=round(anonymous), file=round(rss - anonymous), peak=round(peak))
+
+
 def report(**row) -> None:
-    """The runner's result, one line on stdout that the driver picks out of the native libraries' output."""
-    print("RESULT " + json.dumps(row), flush=True)
+    """The runner's result, one line on stdout that the driver picks out of the native libraries' output,
+    with the process's memory."""
+    print("RESULT " + json.dumps(dict(row, memory_mib=memory_mib())), flush=True)
 
 
 def run_reported(row: dict, measure) -> int:
