@@ -190,7 +190,7 @@ async def measure_server(module: str, model_args: List[str], request, workdir: P
             figures.warm.append(await request(server.uri))
         figures.memory["loaded"] = server.memory()
         for round_ in range(1, rounds + 1):
-            await server.wait_for_log("in standby (", count=round_)
+            await server.wait_for_log("in standby (", count=server.log().count("in standby (") + 1)
             figures.memory[f"standby {round_}"] = server.memory()
             figures.from_standby.append(await request(server.uri))
             figures.warm.append(await request(server.uri))
@@ -234,7 +234,10 @@ def write_int8_caches(asr_model: Path, tts_model: Path) -> None:
     """Load each model once with int8, so the measured starts read the cached int8 weights, as every start
     after a model's first does."""
     script = (
-        "import sys, torch\n"
+        "import sys\n"
+        "from shared import lean_imports\n"
+        "lean_imports.install()  # as a worker does (torchaudio on first use)\n"
+        "import torch\n"
         "from wyoming_qwen_asr.engine import AsrEngine\n"
         "from wyoming_qwen_tts.engine import TtsEngine\n"
         "AsrEngine.load(sys.argv[1], 'cpu', torch.float32, quantize='int8')\n"

@@ -147,7 +147,8 @@ async def measure(shape, dtype, device, workdir, models_dir, repeats):
         if not (models / name / "config.json").exists():
             tiny_models.BUILDERS[name](models / name, shape=shape)
     row = dict(asr_engine=asr_engine_seconds(models / "asr", device, dtype))
-    common = ["--device", device, "--dtype", dtype, "--idle-unload", "5"]
+    # the idle stop hands the GPU back (--idle-exit 0); the standby is measured on a server of its own below
+    common = ["--device", device, "--dtype", dtype, "--idle-unload", "5", "--idle-exit", "0"]
     voices = workdir / "voices"
     voices.mkdir(exist_ok=True)
     servers = {}
@@ -181,11 +182,40 @@ async def measure(shape, dtype, device, workdir, models_dir, repeats):
         while time.monotonic() < deadline and any(len(family(p.pid)) > 1 for p in processes):
             await asyncio.sleep(0.5)
         row["gpu_mib_after_idle"] = gpu_memory_mib([pid for p in processes for pid in family(p.pid)])
+        row["asr standby"] = await asr_standby(models / "asr", device, dtype, workdir)
         return row
     finally:
         for process, _uri in servers.values():
             process.terminate()
             await process.wait()
+
+
+async def asr_standby(model: Path, device: str, dtype: str, workdir: Path) -> dict:
+    """The default idle tier on the GPU: the first command after the standby against a warm one, its GPU
+    memory, and whether anything was captured again (it must not be: the graphs stay, and the weights at
+    the addresses they read)."""
+    command = [sys.executable, "-m", "wyoming_qwen_asr", "--model", str(model), "--device", device]
+    process, uri = await start([*command, "--dtype", dtype, "--idle-unload", "3"], workdir, "asr-standby")
+    log = workdir / "asr-standby.log"
+    try:
+        await asr_latency(uri, 1.0)
+        warm = await asr_latency(uri, 5.0)
+        deadline = time.monotonic() + 60
+        while "in standby (" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        standby_mib = gpu_memory_mib(family(process.pid))
+        first = await asr_latency(uri, 5.0)
+        text = log.read_text(errors="replace")
+        return dict(
+            warm=warm,
+            first=first,
+            gpu_mib=standby_mib,
+            entered="in standby (" in text,
+            captures=text.count("Captured the ASR decode step"),
+        )
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 def print_row(shape, dtype, r):
@@ -206,7 +236,13 @@ def print_row(shape, dtype, r):
     t = r["tts graphs"]
     print(f"  TTS server (defaults): first audio {t['first_audio']:.3f} s, compute per s of speech {t['rtf']:.3f} s")
     loaded = ", ".join(f"{name} {mib:.0f}" for name, mib in r["gpu_mib_loaded"].items())
-    print(f"  GPU MiB loaded: {loaded}; after the idle stop: {r['gpu_mib_after_idle']:.0f}")
+    print(f"  GPU MiB loaded: {loaded}; after the idle stop (--idle-exit 0): {r['gpu_mib_after_idle']:.0f}")
+    s = r["asr standby"]
+    print(
+        f"  ASR standby (the default idle tier; entered: {s['entered']}): 5 s command {s['first']:.3f} s after it "
+        f"against {s['warm']:.3f} s warm; GPU MiB {s['gpu_mib']:.0f}; graph captures in that worker: "
+        f"{s['captures']} (1: none after the standby)"
+    )
 
 
 async def run(args) -> int:

@@ -44,6 +44,8 @@ async def start(module, args, workdir):
         "cpu",
         "--idle-unload",
         "2",
+        "--idle-exit",  # measures the full exit (the standby: script/bench cold-start)
+        "0",
         *args,
         stdout=log,
         stderr=log,

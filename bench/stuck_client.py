@@ -66,7 +66,9 @@ async def run(repeats: int) -> int:
     finally:
         await stop_server(process)
 
-    process, port, uri = await server(models, voices, workdir, "--write-timeout", "5", "--idle-unload", "2")
+    process, port, uri = await server(
+        models, voices, workdir, "--write-timeout", "5", "--idle-unload", "2", "--idle-exit", "0"
+    )
     try:
         await first_audio(uri, "Warm up.")
         stuck = never_reading_client(port, "synthesize", {"text": READING})

@@ -31,7 +31,7 @@ from .inference import InferenceThread, Priority
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TRIM_AFTER = 3.0  # seconds without a request before malloc's kept memory is handed back
+TRIM_AFTER = 3.0  # seconds without a request before a new model settles and malloc's kept memory goes back
 
 
 @dataclass
@@ -50,6 +50,7 @@ class _Slot:
     warm_after_load: bool = False
     warmed: bool = False
     in_standby: bool = False  # its weights are file pages out of memory (shared/standby.py) until next used
+    settled: bool = False  # its weights were moved to file pages since it loaded (`settle` or standby)
 
 
 class ModelUnavailable(RuntimeError):
@@ -168,7 +169,7 @@ class ModelManager:
             def enter(slot=slot, model=model) -> Optional[str]:
                 if slot.users > 0 or slot.model is not model:
                     return None  # a request came first
-                slot.in_standby = True
+                slot.in_standby = slot.settled = True
                 return model.standby()
 
             summary = await self.inference.run(enter, Priority.BULK)
@@ -245,6 +246,8 @@ class ModelManager:
         while slot.model is model:
             if not await self.inference.run(model.prepare_step, Priority.BULK):
                 break
+        if not any(s.users for s in self._slots.values()):
+            self._schedule_trim()  # the model settles now that its kernels are ready (see `_trim`)
         packing = getattr(model, "packing", None)
         if packing is not None and packing.count and slot.model is model:
             _LOGGER.info(
@@ -273,7 +276,7 @@ class ModelManager:
             return
         slot.model = None
         slot.warmed = False
-        slot.in_standby = False
+        slot.in_standby = slot.settled = False
         slot.unloads += 1
         free_accelerator_memory()
         _LOGGER.info("Unloaded model %s (%s)", slot.key, reason)
@@ -289,7 +292,28 @@ class ModelManager:
         self._trim_timer = loop.call_later(TRIM_AFTER, lambda: self._tasks.spawn(self._trim()))
 
     async def _trim(self) -> None:
+        """Idle: a model loaded since the last time settles first (its `settle()`: the weights become file
+        pages, so what no request reads, most of an embedding table, never comes back; its prepared kernels
+        included, so only once their preparation is done), then malloc's kept memory goes back."""
         self._trim_timer = None
+        for slot in self._slots.values():
+            model = slot.model
+            packing = getattr(model, "packing", None)
+            if model is None or slot.settled or not hasattr(model, "settle") or not getattr(packing, "done", True):
+                continue
+            if slot.users > 0:
+                return
+            started = time.monotonic()
+
+            def settle(slot=slot, model=model) -> Optional[str]:
+                if slot.users > 0 or slot.model is not model or slot.settled:
+                    return None
+                slot.settled = True
+                return model.settle()
+
+            summary = await self.inference.run(settle, Priority.BULK)
+            if summary is not None:
+                _LOGGER.info("Settled model %s: %s in %.2f s", slot.key, summary, time.monotonic() - started)
         if not any(s.users for s in self._slots.values()):
             await self.inference.run(trim_host_memory, Priority.BULK)
 

@@ -111,6 +111,11 @@ class TtsEngine:
         engine.packing = packing
         return engine
 
+    def settle(self) -> str:
+        """After the kernels are prepared: the weights move to file pages now, not at the first standby
+        (shared/standby.py); returns a summary for the log."""
+        return self.standby_memory.enter()
+
     def prepare_step(self) -> bool:
         """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
         The model serves meanwhile (shared/quantize.py, KernelPacking)."""
