@@ -123,6 +123,37 @@ class Server:
         workers = children(self.process.pid)
         return Memory(anonymous_mib(self.process.pid), anonymous_mib(workers[0]) if workers else None)
 
+    def worker_parts(self) -> Dict[str, Tuple[float, float]]:
+        """The worker's resident MiB by what its mappings hold: (resident, anonymous)."""
+        workers = children(self.process.pid)
+        return memory_parts(workers[0]) if workers else {}
+
+
+def memory_parts(pid: int) -> Dict[str, Tuple[float, float]]:
+    parts: Dict[str, List[float]] = {}
+    current: List[float] = [0.0, 0.0]
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                fields = line.split()
+                path = fields[5] if len(fields) > 5 else ""
+                if ".so" in path:
+                    name = "libraries"
+                elif "wyoming-qwen-pages" in path:
+                    name = "file pages of moved weights (packed int8, converted float)"
+                elif path.endswith(".safetensors"):
+                    name = f"checkpoint {Path(path).parent.name}/{Path(path).name}"
+                elif path in ("", "[heap]"):
+                    name = "anonymous (torch, Python, activations)"
+                else:
+                    name = "other"
+                current = parts.setdefault(name, [0.0, 0.0])
+            elif line.startswith("Rss:"):
+                current[0] += int(line.split()[1]) / 1024
+            elif line.startswith("Anonymous:"):
+                current[1] += int(line.split()[1]) / 1024
+    return {name: (rss, anon) for name, (rss, anon) in parts.items() if rss >= 1}
+
     async def wait_for_log(self, text: str, count: int = 1, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while self.log().count(text) < count:
@@ -166,6 +197,7 @@ class ServerFigures:
     from_standby: List[float] = field(default_factory=list)
     from_spare: float = 0.0
     memory: Dict[str, Memory] = field(default_factory=dict)
+    loaded_parts: Dict[str, Tuple[float, float]] = field(default_factory=dict)
     log: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -189,6 +221,7 @@ async def measure_server(module: str, model_args: List[str], request, workdir: P
         for _ in range(2):
             figures.warm.append(await request(server.uri))
         figures.memory["loaded"] = server.memory()
+        figures.loaded_parts = server.worker_parts()
         for round_ in range(1, rounds + 1):
             await server.wait_for_log("in standby (", count=server.log().count("in standby (") + 1)
             figures.memory[f"standby {round_}"] = server.memory()
@@ -280,7 +313,9 @@ def report(shape: str, servers: List[ServerFigures]) -> bool:
         print(f"    from standby, each round: {fmt(s.from_standby)} s")
         for state in [k for k in s.memory if k.startswith("standby")]:
             print(f"    memory in {state}: {s.memory[state]}")
-        print(f"    loaded RSS (gateway + worker): {s.memory['loaded'].rss:.0f} MiB")
+        print(f"    loaded RSS (gateway + worker): {s.memory['loaded'].rss:.0f} MiB; the worker's, by mapping:")
+        for name, (rss, anon) in sorted(s.loaded_parts.items(), key=lambda item: -item[1][0]):
+            print(f"      {rss:6.0f} MiB ({anon:.0f} anonymous) {name}")
         print(f"    worker start after a full exit (s): {breakdown(s.log)}")
         if "standby" in s.log:
             print(f"    entering standby took {s.log['standby']:.2f} s (in the background)")

@@ -58,6 +58,7 @@ COMMON_OPTION_FLAGS = {
     "custom_model": "--model",
     "language": "--language",
     "idle_unload": "--idle-unload",
+    "idle_exit": "--idle-exit",
     "threads": "--threads",
     "preload": "--preload",
     "debug_logging": "--debug",
@@ -222,6 +223,8 @@ def test_options_defaults_fit_the_schema(kind):
     assert cfg["options"]["idle_unload"] == 300
     assert _schema_accepts(cfg["schema"]["idle_unload"], -1)
     assert not _schema_accepts(cfg["schema"]["idle_unload"], -2)
+    assert cfg["options"]["idle_exit"] == -1  # standby until memory runs short (shared/idle_policy.py)
+    assert _schema_accepts(cfg["schema"]["idle_exit"], 0) and not _schema_accepts(cfg["schema"]["idle_exit"], -2)
     assert cfg["options"]["preload"] is False and cfg["options"]["debug_logging"] is False
     assert cfg["options"]["threads"] == 0
     assert _schema_accepts(cfg["schema"]["threads"], 4)
@@ -467,7 +470,17 @@ def run_server_script(fake_bashio, app: App, **overrides):
 
 def test_asr_run_defaults(fake_bashio):
     argv, _ = run_server_script(fake_bashio, APPS["asr"])
-    assert argv == [*APPS["asr"].fixed_argv, "--model", "Qwen/Qwen3-ASR-0.6B", "--idle-unload", "300", "--threads", "0"]
+    assert argv == [
+        *APPS["asr"].fixed_argv,
+        "--model",
+        "Qwen/Qwen3-ASR-0.6B",
+        "--idle-unload",
+        "300",
+        "--idle-exit",
+        "-1",
+        "--threads",
+        "0",
+    ]
 
 
 def test_asr_run_all_options(fake_bashio):
@@ -477,6 +490,7 @@ def test_asr_run_all_options(fake_bashio):
         model="Qwen/Qwen3-ASR-1.7B",
         language="de",
         idle_unload=-1,
+        idle_exit=600,
         threads=2,
         preload=True,
         debug_logging=True,
@@ -487,6 +501,8 @@ def test_asr_run_all_options(fake_bashio):
         "Qwen/Qwen3-ASR-1.7B",
         "--idle-unload",
         "-1",
+        "--idle-exit",
+        "600",
         "--threads",
         "2",
         "--language",
@@ -523,6 +539,8 @@ def test_tts_run_defaults(fake_bashio):
         "/config/voices",
         "--idle-unload",
         "300",
+        "--idle-exit",
+        "-1",
         "--threads",
         "0",
         "--voice",
@@ -543,6 +561,8 @@ def test_tts_run_voice_language_and_switches(fake_bashio):
         "/config/voices",
         "--idle-unload",
         "60",
+        "--idle-exit",
+        "-1",
         "--threads",
         "0",
         "--voice",

@@ -33,8 +33,6 @@ async def test_asr_standby_is_served_from_and_left_then_the_worker_exits(server_
     (worker,) = server.children()
     if quantize._fbgemm_reduce_range() is not None:  # packed in the background, after the load
         await wait_for(lambda: "Prepared the kernels of model asr" in server.log(), timeout=30, what="packing")
-    # idle for a moment (shared.model_manager.TRIM_AFTER) with its kernels ready: the weights move to file pages
-    await wait_for(lambda: "Settled model asr: " in server.log(), timeout=30, what="the model to settle")
     first = await transcribe(server)  # with the kernels it will keep (fbgemm's rounds differently from _int_mm)
     await wait_for(lambda: standby_entries(server.log(), "asr") == 1, timeout=30, what="the model in standby")
     assert re.search(rf"Worker pid {worker} in standby after no connection for [\d.]+ s", server.log())

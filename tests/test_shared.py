@@ -248,6 +248,45 @@ async def test_the_memory_malloc_kept_goes_back_once_requests_stop(monkeypatch):
     await manager.close()
 
 
+async def test_a_model_settles_once_idle_with_its_kernels_ready(monkeypatch):
+    """A loaded model's `settle()` (its weights to file pages) runs once, on the inference thread, when the
+    server has been idle for TRIM_AFTER seconds and the model's kernels are prepared; not again after."""
+    import asyncio
+    import threading
+
+    from shared import model_manager
+
+    monkeypatch.setattr(model_manager, "TRIM_AFTER", 0.2)
+
+    class Packing:
+        done = False
+
+    class Model:
+        packing = Packing()
+        settled_on = []
+
+        def prepare_step(self) -> bool:
+            return False
+
+        def settle(self) -> str:
+            self.settled_on.append(threading.current_thread().name)
+            return "settled"
+
+    manager = model_manager.ModelManager()
+    manager.register("one", Model, idle_unload=-1)
+    async with manager.use("one") as handle:
+        await handle.run(lambda _model: None)
+    await asyncio.sleep(0.6)
+    assert Model.settled_on == []  # its kernels are not ready yet
+    Packing.done = True
+    for _ in range(2):
+        async with manager.use("one") as handle:
+            await handle.run(lambda _model: None)
+        await asyncio.sleep(0.6)
+    assert len(Model.settled_on) == 1 and Model.settled_on[0].startswith("inference")
+    await manager.close()
+
+
 def test_reply_trackers_say_when_a_client_waits():
     from shared.gateway import ReplyTracker
     from wyoming_qwen_asr.kind import KIND as ASR
