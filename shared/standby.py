@@ -52,6 +52,33 @@ class EngineStandby:
         return f"{moved / 2**20:.0f} MiB moved to file pages, {released / 2**20:.0f} MiB of them released"
 
 
+class IdleTiers:
+    """What an engine gives the model manager for the idle tiers (shared/model_manager.py): its kernels'
+    preparation after a load, and its weights as file pages once settled or in standby. An engine sets
+    `standby_memory` (and `packing`, an int8 model's `shared.quantize.KernelPacking`) when it loads."""
+
+    standby_memory: EngineStandby
+    packing = None
+
+    def drop_caches(self) -> None:
+        """Forget what requests rebuild when needed (anonymous memory); nothing by default."""
+
+    def prepare_step(self) -> bool:
+        """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
+        The model serves meanwhile (shared/quantize.py, KernelPacking)."""
+        return self.packing is not None and self.packing.step()
+
+    def settle(self) -> str:
+        """Once the kernels are prepared and the server idle: the weights move to file pages now, not at
+        the first standby; returns a summary for the log."""
+        return self.standby_memory.enter()
+
+    def standby(self) -> str:
+        """Keep the model, hold its weights as file pages; returns a summary for the log."""
+        self.drop_caches()
+        return self.standby_memory.enter()
+
+
 def _tensors(modules: List) -> Iterator:
     """Every weight of `modules`: parameters, buffers, and the int8 matrices of fused siblings."""
     from .quantize import Int8Linear

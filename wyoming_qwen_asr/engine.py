@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from shared.inference import heartbeat
-from shared.standby import EngineStandby, pages_folder
+from shared.standby import EngineStandby, IdleTiers, pages_folder
 
 from .decode_loop import CAPACITIES, DecodeLoop, official_choice_problem, official_eos_ids
 from .model_io import SAMPLE_RATE, TOKEN_MARGIN
@@ -29,7 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 LOOP_WINDOW = REPEAT_THRESHOLD * MAX_REPEAT_PATTERN
 
 
-class AsrEngine:
+class AsrEngine(IdleTiers):
     """A loaded Qwen3-ASR model (`qwen_asr.Qwen3ASRModel`) plus the few calls the server needs."""
 
     def __init__(
@@ -64,7 +64,6 @@ class AsrEngine:
         if graphs is not None or static_loop:
             self.loop = self.decode_loop(graphs, capacities)
         self.standby_memory = EngineStandby([self.model], None)  # `load` gives it a folder for its pages
-        self.packing = None  # `load` gives an int8 model its KernelPacking
 
     @classmethod
     def load(
@@ -112,16 +111,6 @@ class AsrEngine:
         engine.packing = packing
         return engine
 
-    def settle(self) -> str:
-        """After the kernels are prepared: the weights move to file pages now, not at the first standby
-        (shared/standby.py); returns a summary for the log."""
-        return self.standby_memory.enter()
-
-    def prepare_step(self) -> bool:
-        """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
-        The model serves meanwhile (shared/quantize.py, KernelPacking)."""
-        return self.packing is not None and self.packing.step()
-
     def decode_loop(self, graphs: Optional["GraphRuntime"] = None, capacities: Optional[Sequence[int]] = CAPACITIES):
         """A static-cache decode loop on this model, or None (logged) where it would not choose the
         official generate's tokens."""
@@ -144,11 +133,9 @@ class AsrEngine:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def standby(self) -> str:
-        """Keep the model, hold its weights as file pages (shared/standby.py); returns a summary for the log."""
+    def drop_caches(self) -> None:
         if self.encoder_cache is not None:
             self.encoder_cache.clear()
-        return self.standby_memory.enter()
 
     def warm_up(self) -> None:
         """One token for half a second of silence: the first inference of a process pays one-time costs."""

@@ -11,7 +11,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from shared.standby import EngineStandby, pages_folder
+from shared.standby import EngineStandby, IdleTiers, pages_folder
 
 from .clone_prompts import ClonePromptCache
 from .frames import generate_frames, watched_frames
@@ -36,7 +36,7 @@ def max_frames_for(text: str) -> int:
     return int(math.ceil(FRAMES_PER_CHAR * narrow + FRAMES_PER_WIDE_CHAR * wide)) + FRAME_MARGIN
 
 
-class TtsEngine:
+class TtsEngine(IdleTiers):
     """A loaded Qwen3-TTS model of one kind (CustomVoice, Base or VoiceDesign)."""
 
     def __init__(self, tts, model_id: str, step_loop=None) -> None:
@@ -47,7 +47,6 @@ class TtsEngine:
         self.clone_prompts = ClonePromptCache(model_id)
         self.frames_generated = 0  # progress, read by tests and logs
         self.standby_memory = EngineStandby(self._modules(), None)  # `load` gives it a folder for its pages
-        self.packing = None  # `load` gives an int8 model its KernelPacking
 
     def _modules(self) -> list:
         """The torch modules whose weights standby moves: the model and its codec (a separate module)."""
@@ -110,20 +109,6 @@ class TtsEngine:
         engine.standby_memory = EngineStandby(engine._modules(), pages_folder(path), packed)
         engine.packing = packing
         return engine
-
-    def settle(self) -> str:
-        """After the kernels are prepared: the weights move to file pages now, not at the first standby
-        (shared/standby.py); returns a summary for the log."""
-        return self.standby_memory.enter()
-
-    def prepare_step(self) -> bool:
-        """One step of the kernels' preparation after a load (fbgemm packing); returns whether any are left.
-        The model serves meanwhile (shared/quantize.py, KernelPacking)."""
-        return self.packing is not None and self.packing.step()
-
-    def standby(self) -> str:
-        """Keep the model, hold its weights as file pages (shared/standby.py); returns a summary for the log."""
-        return self.standby_memory.enter()
 
     def warm_up(self) -> None:
         """Two frames of a preset speaker, decoded: the first inference of a process pays one-time costs."""
