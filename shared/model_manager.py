@@ -75,6 +75,8 @@ class ModelManager:
         self._loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model-load")
         self._tasks = BackgroundTasks()
         self._trim_timer: Optional[asyncio.TimerHandle] = None
+        self._stopping = False  # `stop_background_work`: no more packing, settling or trimming
+        self._background_jobs = 0  # such jobs queued or running on the inference thread
 
     def register(self, key: str, loader: Callable[[], Any], idle_unload: float, warm_after_load: bool = False) -> None:
         """warm_after_load: a load is not done until the model's `warm_up()` (one tiny inference, on the
@@ -172,7 +174,7 @@ class ModelManager:
                 slot.in_standby = slot.settled = True
                 return model.standby()
 
-            summary = await self.inference.run(enter, Priority.BULK)
+            summary = await self._background(enter)
             if summary is not None:
                 took = time.monotonic() - started
                 _LOGGER.info("Model %s in standby (%s): %s in %.2f s", slot.key, reason, summary, took)
@@ -239,12 +241,34 @@ class ModelManager:
         finally:
             slot.loading = None
 
+    def stop_background_work(self) -> None:
+        """The process is stopping: queue no more background jobs (packing, settling, trimming)."""
+        self._stopping = True
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
+
+    @property
+    def background_busy(self) -> bool:
+        """A background job is queued or running on the inference thread."""
+        return self._background_jobs > 0
+
+    async def _background(self, fn: Callable[[], T]) -> Optional[T]:
+        """`fn` as a low-priority job on the inference thread, unless the process is stopping (None)."""
+        if self._stopping:
+            return None
+        self._background_jobs += 1
+        try:
+            return await self.inference.run(fn, Priority.BULK)
+        finally:
+            self._background_jobs -= 1
+
     async def _prepare(self, slot: _Slot, model: Any) -> None:
         """The model's kernel preparation after its load (fbgemm packing), one low-priority job a step, so
         requests are served first and between steps."""
         started = time.monotonic()
         while slot.model is model:
-            if not await self.inference.run(model.prepare_step, Priority.BULK):
+            if not await self._background(model.prepare_step):
                 break
         if not any(s.users for s in self._slots.values()):
             self._schedule_trim()  # the model settles now that its kernels are ready (see `_trim`)
@@ -311,11 +335,11 @@ class ModelManager:
                 slot.settled = True
                 return model.settle()
 
-            summary = await self.inference.run(settle, Priority.BULK)
+            summary = await self._background(settle)
             if summary is not None:
                 _LOGGER.info("Settled model %s: %s in %.2f s", slot.key, summary, time.monotonic() - started)
         if not any(s.users for s in self._slots.values()):
-            await self.inference.run(trim_host_memory, Priority.BULK)
+            await self._background(trim_host_memory)
 
     def _schedule_idle_unload(self, slot: _Slot) -> None:
         if slot.idle_unload < 0 or slot.users > 0:

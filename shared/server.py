@@ -82,5 +82,6 @@ async def _inference_done(app: ServedApp, within: float) -> None:
     running while the interpreter exits aborts the process."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while app.manager.inference.busy and loop.time() < deadline:
+    app.manager.stop_background_work()  # packing steps would otherwise follow one another into the exit
+    while (app.manager.inference.busy or app.manager.background_busy) and loop.time() < deadline:
         await asyncio.sleep(0.05)

@@ -287,6 +287,37 @@ async def test_a_model_settles_once_idle_with_its_kernels_ready(monkeypatch):
     await manager.close()
 
 
+async def test_a_stopping_server_queues_no_more_background_work():
+    """On SIGTERM (shared/server.py) the kernels' preparation stops after its current step: a step that
+    started while the interpreter exits would abort the process."""
+    import asyncio
+    import time
+
+    from shared.model_manager import ModelManager
+
+    steps = []
+
+    class Model:
+        def prepare_step(self) -> bool:
+            steps.append(time.monotonic())
+            time.sleep(0.05)
+            return True  # never done
+
+    manager = ModelManager()
+    manager.register("one", Model, idle_unload=-1)
+    async with manager.use("one") as handle:
+        await handle.run(lambda _model: None)
+    await asyncio.sleep(0.3)
+    assert len(steps) >= 3 and manager.background_busy
+    manager.stop_background_work()
+    while manager.background_busy:
+        await asyncio.sleep(0.01)
+    stopped = len(steps)
+    await asyncio.sleep(0.3)
+    assert len(steps) == stopped
+    await manager.close()
+
+
 def test_reply_trackers_say_when_a_client_waits():
     from shared.gateway import ReplyTracker
     from wyoming_qwen_asr.kind import KIND as ASR
