@@ -128,6 +128,13 @@ class Server:
         workers = children(self.process.pid)
         return memory_parts(workers[0]) if workers else {}
 
+    async def wait_for_log(self, text: str, count: int = 1, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} never appeared {count} times in {self.log_path}"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # the log line comes as the step ends; let its memory settle
+
 
 def memory_parts(pid: int) -> Dict[str, Tuple[float, float]]:
     parts: Dict[str, List[float]] = {}
@@ -153,13 +160,6 @@ def memory_parts(pid: int) -> Dict[str, Tuple[float, float]]:
             elif line.startswith("Anonymous:"):
                 current[1] += int(line.split()[1]) / 1024
     return {name: (rss, anon) for name, (rss, anon) in parts.items() if rss >= 1}
-
-    async def wait_for_log(self, text: str, count: int = 1, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log().count(text) < count:
-            assert time.monotonic() < deadline, f"{text!r} never appeared {count} times in {self.log_path}"
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)  # the log line comes as the step ends; let its memory settle
 
 
 async def asr_command(uri: str, pcm: bytes, on_audio_start=None) -> float:
