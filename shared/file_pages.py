@@ -100,7 +100,8 @@ def record_allocations(into: List[Range]) -> Iterator[None]:
         }
         candidates = [(m.start, m.end) for m in after if m.path == "" and m.perms.startswith("rw")]
         # a new range that borders a reserved one is a thread's stack (above its guard page) or the grown
-        # part of a malloc heap (below its reserve)
+        # part of a malloc heap (below its reserve); a packed matrix that happens to land there is left out
+        # too, and stays anonymous memory (safe, only not released in standby)
         into.extend(
             (start, end)
             for start, end in _subtract(candidates, before)
