@@ -115,17 +115,9 @@ class Gateway:
         self._tasks.spawn(self._warm_up())
 
     async def _warm_up(self) -> None:
-        try:
-            _, writer = await self.supervisor.connect()
-        except (WorkerUnavailable, OSError) as err:
-            _LOGGER.warning("Warm-up failed: %s", err)
-            return
-        try:
-            await async_write_event(WarmUp().event(), writer)
-        except (ConnectionError, OSError):
-            pass  # the worker went away; the next request starts a new one
-        finally:
-            writer.close()
+        failed = await self.supervisor.send(WarmUp().event())
+        if failed is not None:
+            _LOGGER.warning("Warm-up failed: %s", failed)
 
     # -- health ---------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from wyoming.event import Event, Eventable, async_write_event
+from wyoming.event import Event, Eventable
 
 from .background import BackgroundTasks
 from .supervisor import WorkerSupervisor, WorkerUnavailable
@@ -232,18 +232,10 @@ class IdlePolicy:
             self.start_spare()
 
     async def _send_standby(self, reason: str) -> bool:
-        try:
-            _, writer = await self.supervisor.connect()
-        except (WorkerUnavailable, OSError) as err:
-            _LOGGER.warning("Could not reach the worker for standby: %s", err)
-            return False
-        try:
-            await async_write_event(StandbyRequest(reason=reason).event(), writer)
-            return True
-        except (ConnectionError, OSError):
-            return False
-        finally:
-            writer.close()
+        failed = await self.supervisor.send(StandbyRequest(reason=reason).event())
+        if failed is not None:
+            _LOGGER.warning("Could not reach the worker for standby: %s", failed)
+        return failed is None
 
     async def _start_spare(self) -> None:
         try:

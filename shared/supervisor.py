@@ -102,6 +102,23 @@ class WorkerSupervisor:
                         await self.kill("its socket refuses connections")
         raise AssertionError("unreachable")
 
+    async def send(self, event) -> Optional[str]:
+        """Send the worker (started first if none runs) one event on a connection of its own, which is then
+        closed; returns None, or why it could not be sent."""
+        from wyoming.event import async_write_event
+
+        try:
+            _, writer = await self.connect()
+        except (WorkerUnavailable, OSError) as err:
+            return str(err)
+        try:
+            await async_write_event(event, writer)
+            return None
+        except (ConnectionError, OSError) as err:  # the worker went away; the next request starts a new one
+            return f"the worker closed the connection ({err})"
+        finally:
+            writer.close()
+
     async def start(self) -> None:
         async with self._lock:
             if not (self.running and self._ready):
